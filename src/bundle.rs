@@ -1,0 +1,1 @@
+//! CNAB-in-OCI: find the config, read bundle.json, the relocation map.

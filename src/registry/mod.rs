@@ -1,0 +1,1 @@
+//! One registry endpoint: transport choice, auth challenges, blob and manifest operations.
