@@ -157,7 +157,10 @@ pub struct CopyOutcome {
 }
 
 /// Copy a bundle. See DESIGN.md section 2.
-pub async fn copy_bundle(_request: &CopyRequest, _progress: &Progress) -> Result<CopyOutcome, CopyError> {
+pub async fn copy_bundle(
+    _request: &CopyRequest,
+    _progress: &Progress,
+) -> Result<CopyOutcome, CopyError> {
     todo!()
 }
 
