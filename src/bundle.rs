@@ -47,9 +47,11 @@ pub fn is_manifest_type(media_type: &str) -> bool {
 /// Check that a digest is `algorithm:hex` of a supported algorithm. Digests end up in URLs, so
 /// anything else is refused before it is used.
 pub fn validate_digest(digest: &str) -> Result<(), BundleError> {
-    let (algorithm, hex) = digest
-        .split_once(':')
-        .ok_or_else(|| err(format!("invalid digest {digest:?}: expected sha256:<64 hex digits>")))?;
+    let (algorithm, hex) = digest.split_once(':').ok_or_else(|| {
+        err(format!(
+            "invalid digest {digest:?}: expected sha256:<64 hex digits>"
+        ))
+    })?;
     let expected_len = match algorithm {
         "sha256" => 64,
         "sha512" => 128,
@@ -59,7 +61,11 @@ pub fn validate_digest(digest: &str) -> Result<(), BundleError> {
             )));
         }
     };
-    if hex.len() != expected_len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != expected_len
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(err(format!(
             "invalid digest {digest:?}: expected {algorithm}:<{expected_len} lowercase hex digits>"
         )));
@@ -116,7 +122,10 @@ pub enum Parsed {
     /// An index or manifest list: child manifests.
     Index { manifests: Vec<Descriptor> },
     /// An image manifest: its config and layers (blobs).
-    Manifest { config: Descriptor, layers: Vec<Descriptor> },
+    Manifest {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
 }
 
 impl Parsed {
@@ -130,14 +139,18 @@ impl Parsed {
                 MAX_MANIFEST_BYTES
             )));
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| err(format!("manifest is not valid JSON: {e}")))?;
-        let declared = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| err(format!("manifest is not valid JSON: {e}")))?;
+        let declared = value
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default();
         let looks_like_index = is_index_type(media_type)
-            || (!is_manifest_type(media_type) && (is_index_type(declared) || value.get("manifests").is_some()));
+            || (!is_manifest_type(media_type)
+                && (is_index_type(declared) || value.get("manifests").is_some()));
         if looks_like_index {
-            let raw: RawIndex =
-                serde_json::from_value(value).map_err(|e| err(format!("index is malformed: {e}")))?;
+            let raw: RawIndex = serde_json::from_value(value)
+                .map_err(|e| err(format!("index is malformed: {e}")))?;
             if raw.config.is_some() {
                 return Err(err("index has a `config` member: it is an image manifest"));
             }
@@ -148,15 +161,18 @@ impl Parsed {
             let _ = raw.media_type;
             Ok(Parsed::Index { manifests })
         } else {
-            let raw: RawManifest =
-                serde_json::from_value(value).map_err(|e| err(format!("manifest is malformed: {e}")))?;
+            let raw: RawManifest = serde_json::from_value(value)
+                .map_err(|e| err(format!("manifest is malformed: {e}")))?;
             raw.config.check("manifest config")?;
             let layers = raw.layers.unwrap_or_default();
             for (i, d) in layers.iter().enumerate() {
                 d.check(&format!("manifest layer {i}"))?;
             }
             let _ = raw.media_type;
-            Ok(Parsed::Manifest { config: raw.config, layers })
+            Ok(Parsed::Manifest {
+                config: raw.config,
+                layers,
+            })
         }
     }
 }
@@ -187,13 +203,21 @@ impl BundleIndex {
             // Some registries answer a generic type; fall back to the document's own mediaType.
             serde_json::from_slice::<serde_json::Value>(bytes)
                 .ok()
-                .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+                .and_then(|v| {
+                    v.get("mediaType")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| media_type.to_string())
         };
         if !is_index_type(&declared_type) {
             return Err(err(format!(
                 "its manifest is {} (a bundle is an OCI image index or Docker manifest list)",
-                if declared_type.is_empty() { "of unknown type".to_string() } else { format!("a {declared_type}") }
+                if declared_type.is_empty() {
+                    "of unknown type".to_string()
+                } else {
+                    format!("a {declared_type}")
+                }
             )));
         }
         let manifests = match Parsed::parse(bytes, &declared_type)? {
@@ -208,7 +232,11 @@ impl BundleIndex {
                     d.digest, d.media_type
                 )));
             }
-            let role = match d.annotations.get(ANNOTATION_MANIFEST_TYPE).map(String::as_str) {
+            let role = match d
+                .annotations
+                .get(ANNOTATION_MANIFEST_TYPE)
+                .map(String::as_str)
+            {
                 Some("config") => Role::Config,
                 Some("invocation") => Role::Invocation,
                 Some("component") => match d.annotations.get(ANNOTATION_COMPONENT_NAME) {
@@ -239,8 +267,16 @@ impl BundleIndex {
         let config = roles
             .iter()
             .position(|r| *r == Role::Config)
-            .ok_or_else(|| err(format!("its index has no entry annotated {ANNOTATION_MANIFEST_TYPE}=config")))?;
-        Ok(BundleIndex { manifests, roles, config })
+            .ok_or_else(|| {
+                err(format!(
+                    "its index has no entry annotated {ANNOTATION_MANIFEST_TYPE}=config"
+                ))
+            })?;
+        Ok(BundleIndex {
+            manifests,
+            roles,
+            config,
+        })
     }
 
     pub fn config_descriptor(&self) -> &Descriptor {
@@ -249,7 +285,10 @@ impl BundleIndex {
 }
 
 /// The config manifest's bundle.json blob descriptor (any of cnab-to-oci's three config forms).
-pub fn bundle_json_descriptor(config_manifest: &[u8], media_type: &str) -> Result<Descriptor, BundleError> {
+pub fn bundle_json_descriptor(
+    config_manifest: &[u8],
+    media_type: &str,
+) -> Result<Descriptor, BundleError> {
     match Parsed::parse(config_manifest, media_type)? {
         Parsed::Manifest { config, .. } => Ok(config),
         Parsed::Index { .. } => Err(err("its config entry is an index, not a manifest")),
@@ -269,15 +308,25 @@ pub struct BundleJson {
 
 impl BundleJson {
     pub fn parse(bytes: &[u8]) -> Result<BundleJson, BundleError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| err(format!("bundle.json is not valid JSON: {e}")))?;
-        let object = value.as_object().ok_or_else(|| err("bundle.json is not a JSON object"))?;
-        let text = |key: &str| object.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| err(format!("bundle.json is not valid JSON: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| err("bundle.json is not a JSON object"))?;
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         let mut invocation_images = Vec::new();
         if let Some(list) = object.get("invocationImages").and_then(|v| v.as_array()) {
             for (i, item) in list.iter().enumerate() {
                 let image = item.get("image").and_then(|v| v.as_str()).ok_or_else(|| {
-                    err(format!("bundle.json invocationImages[{i}] has no image reference"))
+                    err(format!(
+                        "bundle.json invocationImages[{i}] has no image reference"
+                    ))
                 })?;
                 invocation_images.push(image.to_string());
             }
@@ -285,14 +334,20 @@ impl BundleJson {
         let mut images = BTreeMap::new();
         if let Some(map) = object.get("images").and_then(|v| v.as_object()) {
             for (name, item) in map {
-                let image = item
-                    .get("image")
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| err(format!("bundle.json images[{name:?}] has no image reference")))?;
+                let image = item.get("image").and_then(|v| v.as_str()).ok_or_else(|| {
+                    err(format!(
+                        "bundle.json images[{name:?}] has no image reference"
+                    ))
+                })?;
                 images.insert(name.clone(), image.to_string());
             }
         }
-        Ok(BundleJson { name: text("name"), version: text("version"), invocation_images, images })
+        Ok(BundleJson {
+            name: text("name"),
+            version: text("version"),
+            invocation_images,
+            images,
+        })
     }
 }
 
@@ -311,7 +366,10 @@ pub struct BundleImage {
 /// Match the index's invocation and component entries to bundle.json (cnab-to-oci's
 /// `GenerateRelocationMap` rules): the first invocation entry is `invocationImages[0]`; each
 /// component entry must name a key of `images`.
-pub fn bundle_images(index: &BundleIndex, bundle: &BundleJson) -> Result<Vec<BundleImage>, BundleError> {
+pub fn bundle_images(
+    index: &BundleIndex,
+    bundle: &BundleJson,
+) -> Result<Vec<BundleImage>, BundleError> {
     let mut images = Vec::new();
     let mut seen = BTreeSet::new();
     for (d, role) in index.manifests.iter().zip(&index.roles) {
@@ -439,7 +497,10 @@ mod tests {
     #[test]
     fn cnab_to_oci_test_bundle_chain() {
         let Some(dir) = vectors() else { return };
-        let index_bytes = read(&dir, "cnab-to-oci.remotes.push_test.expectedBundleManifest.compact.json");
+        let index_bytes = read(
+            &dir,
+            "cnab-to-oci.remotes.push_test.expectedBundleManifest.compact.json",
+        );
         let index = BundleIndex::parse(&index_bytes, OCI_INDEX).unwrap();
         assert_eq!(index.manifests.len(), 4);
         let config = index.config_descriptor();
@@ -447,7 +508,10 @@ mod tests {
         assert_eq!(config.digest, sha(&config_bytes));
         assert_eq!(config.size as usize, config_bytes.len());
         let blob = bundle_json_descriptor(&config_bytes, &config.media_type).unwrap();
-        let bundle_bytes = read(&dir, "cnab-to-oci.remotes.pull_test.ExamplePull.bundle.canonical.json");
+        let bundle_bytes = read(
+            &dir,
+            "cnab-to-oci.remotes.pull_test.ExamplePull.bundle.canonical.json",
+        );
         assert_eq!(blob.digest, sha(&bundle_bytes));
         assert_eq!(blob.media_type, "application/vnd.cnab.config.v1+json");
         let bundle = BundleJson::parse(&bundle_bytes).unwrap();
@@ -467,16 +531,24 @@ mod tests {
     #[test]
     fn relocation_map_matches_cnab_to_oci_pull_example() {
         let Some(dir) = vectors() else { return };
-        let index = BundleIndex::parse(&read(&dir, "cnab-to-oci.remotes.pull_test.bufBundleManifest.json"), OCI_INDEX)
-            .unwrap();
+        let index = BundleIndex::parse(
+            &read(&dir, "cnab-to-oci.remotes.pull_test.bufBundleManifest.json"),
+            OCI_INDEX,
+        )
+        .unwrap();
         // The pull example's bundle: the canonical test bundle (its invocation image is my-app-invoc).
-        let bundle =
-            BundleJson::parse(&read(&dir, "cnab-to-oci.remotes.pull_test.ExamplePull.bundle.canonical.json")).unwrap();
+        let bundle = BundleJson::parse(&read(
+            &dir,
+            "cnab-to-oci.remotes.pull_test.ExamplePull.bundle.canonical.json",
+        ))
+        .unwrap();
         let images = bundle_images(&index, &bundle).unwrap();
         let map = relocation_map(&images, "my.registry/namespace/my-app");
-        let expected: BTreeMap<String, String> =
-            serde_json::from_slice(&read(&dir, "cnab-to-oci.remotes.pull_test.ExamplePull.relocation-map.json"))
-                .unwrap();
+        let expected: BTreeMap<String, String> = serde_json::from_slice(&read(
+            &dir,
+            "cnab-to-oci.remotes.pull_test.ExamplePull.relocation-map.json",
+        ))
+        .unwrap();
         assert_eq!(map, expected);
     }
 
@@ -490,20 +562,35 @@ mod tests {
         // A registry that reports a generic type: the document's mediaType decides.
         assert!(BundleIndex::parse(&list, "application/json").is_ok());
         // Docker schema2 config manifest: config blob also listed as a layer.
-        let schema2 = read(&dir, "cnab-to-oci.remotes.push_test.expectedConfigManifest.docker-schema2-fallback.json");
+        let schema2 = read(
+            &dir,
+            "cnab-to-oci.remotes.push_test.expectedConfigManifest.docker-schema2-fallback.json",
+        );
         let config = bundle_json_descriptor(&schema2, DOCKER_MANIFEST).unwrap();
-        assert_eq!(config.digest, "sha256:dbe3480b9cb300f389e8d02e4a682f9107772468feb6845f912dc8deed6d76fd");
-        let Parsed::Manifest { layers, .. } = Parsed::parse(&schema2, DOCKER_MANIFEST).unwrap() else {
+        assert_eq!(
+            config.digest,
+            "sha256:dbe3480b9cb300f389e8d02e4a682f9107772468feb6845f912dc8deed6d76fd"
+        );
+        let Parsed::Manifest { layers, .. } = Parsed::parse(&schema2, DOCKER_MANIFEST).unwrap()
+        else {
             panic!("schema2 config manifest parsed as an index")
         };
         assert_eq!(layers.len(), 1);
         // `"layers": null` is accepted.
-        let oci_fallback = read(&dir, "derived/config-manifest.oci-image-config-fallback.json");
+        let oci_fallback = read(
+            &dir,
+            "derived/config-manifest.oci-image-config-fallback.json",
+        );
         assert_eq!(
-            bundle_json_descriptor(&oci_fallback, OCI_MANIFEST).unwrap().media_type,
+            bundle_json_descriptor(&oci_fallback, OCI_MANIFEST)
+                .unwrap()
+                .media_type,
             "application/vnd.oci.image.config.v1+json"
         );
-        let pull_docker = read(&dir, "cnab-to-oci.remotes.pull_test.TestPull.dockerConfigManifest.json");
+        let pull_docker = read(
+            &dir,
+            "cnab-to-oci.remotes.pull_test.TestPull.dockerConfigManifest.json",
+        );
         assert!(bundle_json_descriptor(&pull_docker, DOCKER_MANIFEST).is_ok());
     }
 
@@ -517,7 +604,8 @@ mod tests {
             "cnab-to-oci.README.example-index.json",
             "cnab-to-oci.remotes.push_test.expectedBundleManifest.pretty.json",
         ] {
-            let index = BundleIndex::parse(&read(&dir, file), OCI_INDEX).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let index = BundleIndex::parse(&read(&dir, file), OCI_INDEX)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(index.roles[index.config], Role::Config, "{file}");
         }
         for file in [
@@ -526,7 +614,8 @@ mod tests {
             "porter.docs.oci-bundle-format.legacy-config-manifest.json",
             "cnab-to-oci.remotes.pull_test.bundleConfigManifestDescriptor.json",
         ] {
-            bundle_json_descriptor(&read(&dir, file), OCI_MANIFEST).unwrap_or_else(|e| panic!("{file}: {e}"));
+            bundle_json_descriptor(&read(&dir, file), OCI_MANIFEST)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
         }
         for file in [
             "cnab-spec.201.example-bundle.noncanonical.json",
@@ -535,13 +624,23 @@ mod tests {
             "porter.pkg.cnab.config-adapter.testdata.mybuns-depsv1.bundle.json",
             "derived/cnab-spec-helloworld.bundle.canonical.json",
         ] {
-            let bundle = BundleJson::parse(&read(&dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let bundle =
+                BundleJson::parse(&read(&dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(!bundle.name.is_empty(), "{file}");
         }
         // The pre-1.0 layout has no name; it still parses.
-        assert!(BundleJson::parse(&read(&dir, "porter.docs.oci-bundle-format.legacy-config-blob.json")).is_ok());
-        let porter = BundleJson::parse(&read(&dir, "porter.pkg.cnab.config-adapter.testdata.mybuns-depsv1.bundle.json"))
-            .unwrap();
+        assert!(
+            BundleJson::parse(&read(
+                &dir,
+                "porter.docs.oci-bundle-format.legacy-config-blob.json"
+            ))
+            .is_ok()
+        );
+        let porter = BundleJson::parse(&read(
+            &dir,
+            "porter.pkg.cnab.config-adapter.testdata.mybuns-depsv1.bundle.json",
+        ))
+        .unwrap();
         assert_eq!(porter.invocation_images.len(), 1);
     }
 
@@ -552,16 +651,33 @@ mod tests {
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     fn entry(media_type: &str, annotations: &str) -> String {
-        format!(r#"{{"mediaType":"{media_type}","digest":"{D1}","size":10,"annotations":{{{annotations}}}}}"#)
+        format!(
+            r#"{{"mediaType":"{media_type}","digest":"{D1}","size":10,"annotations":{{{annotations}}}}}"#
+        )
     }
 
     #[test]
     fn reader_rules_refuse_what_cnab_to_oci_refuses() {
         let cases = [
-            (index_with(&entry(OCI_MANIFEST, r#""io.cnab.manifest.type":"invocation""#)), "config"),
-            (index_with(&entry(OCI_MANIFEST, "")), "no io.cnab.manifest.type"),
-            (index_with(&entry("text/plain", r#""io.cnab.manifest.type":"config""#)), "unsupported media type"),
-            (index_with(&entry(OCI_MANIFEST, r#""io.cnab.manifest.type":"sidecar""#)), "unknown"),
+            (
+                index_with(&entry(
+                    OCI_MANIFEST,
+                    r#""io.cnab.manifest.type":"invocation""#,
+                )),
+                "config",
+            ),
+            (
+                index_with(&entry(OCI_MANIFEST, "")),
+                "no io.cnab.manifest.type",
+            ),
+            (
+                index_with(&entry("text/plain", r#""io.cnab.manifest.type":"config""#)),
+                "unsupported media type",
+            ),
+            (
+                index_with(&entry(OCI_MANIFEST, r#""io.cnab.manifest.type":"sidecar""#)),
+                "unknown",
+            ),
             (
                 index_with(&format!(
                     "{},{}",
@@ -572,7 +688,9 @@ mod tests {
             ),
             (b"{not json".to_vec(), "not valid JSON"),
             (
-                index_with(&r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../x","size":1,"annotations":{"io.cnab.manifest.type":"config"}}"#),
+                index_with(
+                    r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../x","size":1,"annotations":{"io.cnab.manifest.type":"config"}}"#,
+                ),
                 "invalid digest",
             ),
         ];
@@ -580,9 +698,14 @@ mod tests {
             let e = BundleIndex::parse(&bytes, OCI_INDEX).unwrap_err();
             assert!(e.0.contains(expected), "{e} should mention {expected:?}");
         }
-        let plain_manifest = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":1}},"layers":[]}}"#);
+        let plain_manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":1}},"layers":[]}}"#
+        );
         let e = BundleIndex::parse(plain_manifest.as_bytes(), OCI_MANIFEST).unwrap_err();
-        assert!(e.0.contains("is a application/vnd.oci.image.manifest.v1+json"), "{e}");
+        assert!(
+            e.0.contains("is a application/vnd.oci.image.manifest.v1+json"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -590,10 +713,14 @@ mod tests {
         let bytes = index_with(&format!(
             "{},{}",
             entry(OCI_MANIFEST, r#""io.cnab.manifest.type":"config""#),
-            entry(OCI_MANIFEST, r#""io.cnab.manifest.type":"component","io.cnab.component.name":"db""#)
+            entry(
+                OCI_MANIFEST,
+                r#""io.cnab.manifest.type":"component","io.cnab.component.name":"db""#
+            )
         ));
         let index = BundleIndex::parse(&bytes, OCI_INDEX).unwrap();
-        let bundle = BundleJson::parse(br#"{"name":"b","version":"1","invocationImages":[]}"#).unwrap();
+        let bundle =
+            BundleJson::parse(br#"{"name":"b","version":"1","invocationImages":[]}"#).unwrap();
         let e = bundle_images(&index, &bundle).unwrap_err();
         assert!(e.0.contains("\"db\""), "{e}");
     }
@@ -601,15 +728,32 @@ mod tests {
     #[test]
     fn oversized_and_deeply_nested_manifests_are_refused() {
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert!(Parsed::parse(&big, OCI_MANIFEST).unwrap_err().0.contains("limit"));
+        assert!(
+            Parsed::parse(&big, OCI_MANIFEST)
+                .unwrap_err()
+                .0
+                .contains("limit")
+        );
         let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(Parsed::parse(nested.as_bytes(), OCI_MANIFEST).unwrap_err().0.contains("not valid JSON"));
+        assert!(
+            Parsed::parse(nested.as_bytes(), OCI_MANIFEST)
+                .unwrap_err()
+                .0
+                .contains("not valid JSON")
+        );
     }
 
     #[test]
     fn digests_are_validated() {
         assert!(validate_digest(D1).is_ok());
-        for bad in ["", "sha256:", "sha256:ABC", "md5:1234", "sha256:../x", &format!("{D1}0")] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:ABC",
+            "md5:1234",
+            "sha256:../x",
+            &format!("{D1}0"),
+        ] {
             assert!(validate_digest(bad).is_err(), "{bad}");
         }
     }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::copy::{self, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress, ProgressSnapshot};
+use crate::copy::{
+    self, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress, ProgressSnapshot,
+};
 use crate::credentials::DockerConfig;
 use crate::error::{CopyError, Side};
 
@@ -105,7 +107,9 @@ pub struct CliError {
 
 impl From<CopyError> for CliError {
     fn from(e: CopyError) -> Self {
-        CliError { message: with_hint(&e) }
+        CliError {
+            message: with_hint(&e),
+        }
     }
 }
 
@@ -116,11 +120,20 @@ pub fn with_hint(e: &CopyError) -> String {
         Side::Destination => "destination",
     };
     let hint = match e {
-        CopyError::Tls { side, .. } => format!(
-            "trust the registry's CA with --{0}-ca-file PEM, or allow it with --{0}-insecure (--insecure-registry for both)",
-            flag(*side)
-        ),
-        CopyError::InvalidCa { side, .. } => format!("check the file given to --{}-ca-file", flag(*side)),
+        CopyError::Tls {
+            side,
+            registry,
+            detail,
+        } => {
+            return format!(
+                "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA with --{0}-ca-file PEM, \
+                 or allow it with --{0}-insecure (--insecure-registry for both)",
+                flag(*side)
+            );
+        }
+        CopyError::InvalidCa { side, .. } => {
+            format!("check the file given to --{}-ca-file", flag(*side))
+        }
         CopyError::AuthenticationFailed { registry, .. } => format!(
             "check the credentials for {registry} in the Docker config (--docker-config, $DOCKER_CONFIG or ~/.docker/config.json)"
         ),
@@ -128,7 +141,10 @@ pub fn with_hint(e: &CopyError) -> String {
             "check that the registry is running and the address is right; a plain-HTTP registry off loopback needs --{}-insecure",
             flag(*side)
         ),
-        CopyError::DestinationExists { reference, existing } => {
+        CopyError::DestinationExists {
+            reference,
+            existing,
+        } => {
             return format!(
                 "destination {reference} already holds a different bundle ({existing}); repeat with --force to overwrite it"
             );
@@ -152,20 +168,26 @@ pub fn load_docker_config(dir: Option<&Path>) -> Result<DockerConfig, CliError> 
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("DOCKER_CONFIG").map(PathBuf::from))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-    let Some(dir) = dir else { return Ok(DockerConfig::default()) };
+    let Some(dir) = dir else {
+        return Ok(DockerConfig::default());
+    };
     let path = dir.join("config.json");
     match std::fs::read(&path) {
         Ok(bytes) => DockerConfig::parse_config_json(&bytes).map_err(|e| CliError {
             message: format!("Docker config {}: {e}", path.display()),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
-        Err(e) => Err(CliError { message: format!("cannot read Docker config {}: {e}", path.display()) }),
+        Err(e) => Err(CliError {
+            message: format!("cannot read Docker config {}: {e}", path.display()),
+        }),
     }
 }
 
 fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
     path.map(|p| {
-        std::fs::read(p).map_err(|e| CliError { message: format!("cannot read CA file {}: {e}", p.display()) })
+        std::fs::read(p).map_err(|e| CliError {
+            message: format!("cannot read CA file {}: {e}", p.display()),
+        })
     })
     .transpose()
 }
@@ -210,11 +232,19 @@ pub async fn run_copy(args: CopyArgs) -> Result<(), CliError> {
     print_outcome(&outcome, args.connection.output, started.elapsed())
 }
 
-fn print_outcome(outcome: &CopyOutcome, format: OutputFormat, elapsed: Duration) -> Result<(), CliError> {
+fn print_outcome(
+    outcome: &CopyOutcome,
+    format: OutputFormat,
+    elapsed: Duration,
+) -> Result<(), CliError> {
     let p = outcome.progress;
     let mut stderr = std::io::stderr();
     if outcome.up_to_date {
-        let _ = writeln!(stderr, "{} already holds this bundle: nothing to copy", outcome.destination);
+        let _ = writeln!(
+            stderr,
+            "{} already holds this bundle: nothing to copy",
+            outcome.destination
+        );
     } else {
         let _ = writeln!(
             stderr,
@@ -232,12 +262,19 @@ fn print_outcome(outcome: &CopyOutcome, format: OutputFormat, elapsed: Duration)
     }
     let mut stdout = std::io::stdout();
     let written = match format {
-        OutputFormat::Text => writeln!(stdout, "{}@{}", without_digest(&outcome.destination), outcome.destination_digest),
+        OutputFormat::Text => writeln!(
+            stdout,
+            "{}@{}",
+            without_digest(&outcome.destination),
+            outcome.destination_digest
+        ),
         OutputFormat::Json => serde_json::to_string_pretty(outcome)
             .map_err(std::io::Error::other)
             .and_then(|json| writeln!(stdout, "{json}")),
     };
-    written.map_err(|e| CliError { message: format!("cannot write the result: {e}") })
+    written.map_err(|e| CliError {
+        message: format!("cannot write the result: {e}"),
+    })
 }
 
 fn display_name(name: &str) -> &str {
@@ -254,23 +291,34 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
         ca_pem: read_ca(args.ca_file.as_deref())?,
         credentials: load_docker_config(args.connection.docker_config.as_deref())?,
     };
-    let report = copy::inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
+    let report =
+        copy::inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
     let mut out = String::new();
     match args.connection.output {
         OutputFormat::Json => {
-            out = serde_json::to_string_pretty(&report)
-                .map_err(|e| CliError { message: format!("cannot render the report: {e}") })?;
+            out = serde_json::to_string_pretty(&report).map_err(|e| CliError {
+                message: format!("cannot render the report: {e}"),
+            })?;
             out.push('\n');
         }
         OutputFormat::Text => {
             use std::fmt::Write as _;
-            let _ = writeln!(out, "Bundle:     {} {}", display_name(&report.bundle.name), report.bundle.version);
+            let _ = writeln!(
+                out,
+                "Bundle:     {} {}",
+                display_name(&report.bundle.name),
+                report.bundle.version
+            );
             let _ = writeln!(out, "Reference:  {}", report.reference);
             let _ = writeln!(out, "Digest:     {}", report.digest);
             let _ = writeln!(out, "Media type: {}", report.media_type);
             let _ = writeln!(out, "Images:");
             for image in &report.images {
-                let _ = writeln!(out, "  {:<20} {}  {}", image.name, image.image, image.digest);
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {}  {}",
+                    image.name, image.image, image.digest
+                );
             }
             let _ = writeln!(out, "Relocation map:");
             for (image, relocated) in &report.relocation_map {
@@ -280,7 +328,9 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
     }
     std::io::stdout()
         .write_all(out.as_bytes())
-        .map_err(|e| CliError { message: format!("cannot write the report: {e}") })
+        .map_err(|e| CliError {
+            message: format!("cannot write the report: {e}"),
+        })
 }
 
 /// Progress on stderr: a live bar on a terminal, plain lines (when counts change) otherwise.
@@ -313,7 +363,12 @@ impl ProgressReporter {
                     bar.set_position(now.bytes);
                     bar.set_message(blob_line(&now));
                 } else if now.blobs > 0 && blob_line(&now) != blob_line(&last) {
-                    eprintln!("  {} ({}/{})", blob_line(&now), human_bytes(now.bytes), human_bytes(now.total_bytes));
+                    eprintln!(
+                        "  {} ({}/{})",
+                        blob_line(&now),
+                        human_bytes(now.bytes),
+                        human_bytes(now.total_bytes)
+                    );
                 }
                 last = now;
                 tokio::select! {
@@ -355,7 +410,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -364,11 +423,21 @@ mod tests {
 
     #[test]
     fn hints_name_the_flags_of_the_failing_side() {
-        let e = CopyError::Tls { side: Side::Destination, registry: "r:1".into(), detail: "UnknownIssuer".into() };
+        let e = CopyError::Tls {
+            side: Side::Destination,
+            registry: "r:1".into(),
+            detail: "UnknownIssuer".into(),
+        };
         let text = with_hint(&e);
-        assert!(text.contains("--destination-ca-file") && text.contains("--destination-insecure"), "{text}");
+        assert!(
+            text.contains("--destination-ca-file") && text.contains("--destination-insecure"),
+            "{text}"
+        );
         assert!(!text.contains('\n'));
-        let e = CopyError::DestinationExists { reference: "r/x:1".into(), existing: "sha256:1".into() };
+        let e = CopyError::DestinationExists {
+            reference: "r/x:1".into(),
+            existing: "sha256:1".into(),
+        };
         assert!(with_hint(&e).contains("--force"));
     }
 

@@ -208,34 +208,49 @@ fn spec_error(e: impl std::fmt::Display) -> CopyError {
 }
 
 /// Copy a bundle. See DESIGN.md section 2.
-pub async fn copy_bundle(request: &CopyRequest, progress: &Progress) -> Result<CopyOutcome, CopyError> {
+pub async fn copy_bundle(
+    request: &CopyRequest,
+    progress: &Progress,
+) -> Result<CopyOutcome, CopyError> {
     let source = Reference::parse(request.source.trim()).map_err(spec_error)?;
-    let destination = derive_destination(&source, request.destination.trim()).map_err(spec_error)?;
+    let destination =
+        derive_destination(&source, request.destination.trim()).map_err(spec_error)?;
     let settings = &request.settings;
     let same_registry = source.api_host() == destination.api_host();
     let src_scope = repository_scope(source.repository(), false);
     let mut dst_scope = repository_scope(destination.repository(), true);
     if same_registry && source.repository() != destination.repository() {
         // Mounting needs pull access to the source repository in the same token.
-        dst_scope = format!("{dst_scope} {}", repository_scope(source.repository(), false));
+        dst_scope = format!(
+            "{dst_scope} {}",
+            repository_scope(source.repository(), false)
+        );
     }
 
     let (src, dst) = tokio::try_join!(
         Registry::connect(Side::Source, &source, &request.source_endpoint, settings),
-        Registry::connect(Side::Destination, &destination, &request.destination_endpoint, settings),
+        Registry::connect(
+            Side::Destination,
+            &destination,
+            &request.destination_endpoint,
+            settings
+        ),
     )?;
     tracing::info!(source = %source, destination = %destination,
         source_transport = src.transport().describe(), destination_transport = dst.transport().describe(),
         "reading the bundle");
     let bundle = read_bundle(&src, &source, &src_scope).await?;
     let source_digest = bundle.index.digest.clone();
-    let dst_reference = destination.tag().map(str::to_string).unwrap_or_else(|| source_digest.clone());
-    if let Some(wanted) = destination.digest() {
-        if wanted != source_digest {
-            return Err(CopyError::InvalidSpec(format!(
-                "destination {destination} names digest {wanted}, but the source bundle is {source_digest}"
-            )));
-        }
+    let dst_reference = destination
+        .tag()
+        .map(str::to_string)
+        .unwrap_or_else(|| source_digest.clone());
+    if let Some(wanted) = destination.digest()
+        && wanted != source_digest
+    {
+        return Err(CopyError::InvalidSpec(format!(
+            "destination {destination} names digest {wanted}, but the source bundle is {source_digest}"
+        )));
     }
 
     let outcome = |up_to_date: bool, progress: ProgressSnapshot| {
@@ -246,20 +261,32 @@ pub async fn copy_bundle(request: &CopyRequest, progress: &Progress) -> Result<C
             destination: destination.to_string(),
             destination_digest: source_digest.clone(),
             up_to_date,
-            bundle: BundleInfo { name: bundle.bundle.name.clone(), version: bundle.bundle.version.clone() },
-            relocation_map: images.iter().map(|i| (i.image.clone(), i.relocated.clone())).collect(),
+            bundle: BundleInfo {
+                name: bundle.bundle.name.clone(),
+                version: bundle.bundle.version.clone(),
+            },
+            relocation_map: images
+                .iter()
+                .map(|i| (i.image.clone(), i.relocated.clone()))
+                .collect(),
             images,
             progress,
         }
     };
 
-    match dst.head_manifest(destination.repository(), &dst_reference, &dst_scope).await? {
+    match dst
+        .head_manifest(destination.repository(), &dst_reference, &dst_scope)
+        .await?
+    {
         Some(existing) if existing == source_digest => {
             tracing::info!(destination = %destination, digest = %source_digest, "destination is up to date");
             return Ok(outcome(true, progress.snapshot()));
         }
         Some(existing) if !request.force => {
-            return Err(CopyError::DestinationExists { reference: destination.to_string(), existing });
+            return Err(CopyError::DestinationExists {
+                reference: destination.to_string(),
+                existing,
+            });
         }
         Some(existing) => {
             tracing::info!(destination = %destination, %existing, "overwriting a different bundle (force)");
@@ -269,10 +296,17 @@ pub async fn copy_bundle(request: &CopyRequest, progress: &Progress) -> Result<C
 
     let closure = walk_closure(&src, source.repository(), &bundle, &src_scope, settings).await?;
     Progress::add(&progress.0.blobs, closure.blobs.len() as u64);
-    Progress::add(&progress.0.total_bytes, closure.blobs.iter().map(|b| b.size).sum());
+    Progress::add(
+        &progress.0.total_bytes,
+        closure.blobs.iter().map(|b| b.size).sum(),
+    );
     Progress::add(&progress.0.manifests, closure.manifests.len() as u64 + 1);
-    tracing::info!(blobs = closure.blobs.len(), manifests = closure.manifests.len() + 1,
-        bytes = closure.blobs.iter().map(|b| b.size).sum::<u64>(), "copying");
+    tracing::info!(
+        blobs = closure.blobs.len(),
+        manifests = closure.manifests.len() + 1,
+        bytes = closure.blobs.iter().map(|b| b.size).sum::<u64>(),
+        "copying"
+    );
 
     let blob_copy = BlobCopy {
         src: &src,
@@ -287,7 +321,7 @@ pub async fn copy_bundle(request: &CopyRequest, progress: &Progress) -> Result<C
     };
     let mut blobs = closure.blobs.clone();
     // Largest first, so the long transfers overlap with everything else.
-    blobs.sort_by(|a, b| b.size.cmp(&a.size));
+    blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
     futures_util::stream::iter(blobs.into_iter().map(Ok::<_, CopyError>))
         .try_for_each_concurrent(settings.max_concurrent_blobs.max(1), |blob| {
             let blob_copy = &blob_copy;
@@ -305,7 +339,14 @@ pub async fn copy_bundle(request: &CopyRequest, progress: &Progress) -> Result<C
         })
         .await?;
 
-    push_manifests(&dst, destination.repository(), &closure.manifests, &dst_scope, progress).await?;
+    push_manifests(
+        &dst,
+        destination.repository(),
+        &closure.manifests,
+        &dst_scope,
+        progress,
+    )
+    .await?;
     let pushed = dst
         .put_manifest(
             destination.repository(),
@@ -341,23 +382,38 @@ fn relocated_images(images: &[BundleImage], repository: &str) -> Vec<RelocatedIm
 }
 
 /// Resolve the source and check that it is a bundle (DESIGN.md section 2, step 4).
-async fn read_bundle(src: &Registry, source: &Reference, scope: &str) -> Result<SourceBundle, CopyError> {
+async fn read_bundle(
+    src: &Registry,
+    source: &Reference,
+    scope: &str,
+) -> Result<SourceBundle, CopyError> {
     let reference = source.digest().or(source.tag()).unwrap_or("latest");
-    let not_a_bundle = |detail: String| CopyError::NotABundle { reference: source.to_string(), detail };
+    let not_a_bundle = |detail: String| CopyError::NotABundle {
+        reference: source.to_string(),
+        detail,
+    };
     let index = src
         .get_manifest(source.repository(), reference, scope)
         .await?
         .ok_or_else(|| CopyError::SourceNotFound {
             reference: source.to_string(),
-            detail: format!("the registry has no manifest {reference} in {}", source.repository()),
+            detail: format!(
+                "the registry has no manifest {reference} in {}",
+                source.repository()
+            ),
         })?;
-    let bundle_index = BundleIndex::parse(&index.bytes, &index.media_type).map_err(|e| not_a_bundle(e.0))?;
+    let bundle_index =
+        BundleIndex::parse(&index.bytes, &index.media_type).map_err(|e| not_a_bundle(e.0))?;
     let index_media_type = if bundle::is_index_type(&index.media_type) {
         index.media_type.clone()
     } else {
         serde_json::from_slice::<serde_json::Value>(&index.bytes)
             .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .filter(|m| bundle::is_index_type(m))
             .unwrap_or_else(|| bundle::OCI_INDEX.to_string())
     };
@@ -369,14 +425,27 @@ async fn read_bundle(src: &Registry, source: &Reference, scope: &str) -> Result<
     let blob = bundle::bundle_json_descriptor(&config_manifest.bytes, &config.media_type)
         .map_err(|e| not_a_bundle(format!("its config manifest is unreadable: {e}")))?;
     if blob.size > bundle::MAX_BUNDLE_JSON_BYTES as u64 {
-        return Err(not_a_bundle(format!("its bundle.json is {} bytes, more than the limit", blob.size)));
+        return Err(not_a_bundle(format!(
+            "its bundle.json is {} bytes, more than the limit",
+            blob.size
+        )));
     }
     let bundle_bytes = src
-        .read_blob(source.repository(), &blob.digest, bundle::MAX_BUNDLE_JSON_BYTES, scope)
+        .read_blob(
+            source.repository(),
+            &blob.digest,
+            bundle::MAX_BUNDLE_JSON_BYTES,
+            scope,
+        )
         .await?;
     let bundle = BundleJson::parse(&bundle_bytes).map_err(|e| not_a_bundle(e.0))?;
     let images = bundle::bundle_images(&bundle_index, &bundle).map_err(|e| not_a_bundle(e.0))?;
-    Ok(SourceBundle { index, index_media_type, bundle, images })
+    Ok(SourceBundle {
+        index,
+        index_media_type,
+        bundle,
+        images,
+    })
 }
 
 /// Fetch every manifest reachable from the index (level by level, concurrently) and collect
@@ -388,8 +457,12 @@ async fn walk_closure(
     scope: &str,
     settings: &EngineSettings,
 ) -> Result<Closure, CopyError> {
-    let index = BundleIndex::parse(&bundle.index.bytes, &bundle.index_media_type)
-        .map_err(|e| CopyError::NotABundle { reference: repository.to_string(), detail: e.0 })?;
+    let index = BundleIndex::parse(&bundle.index.bytes, &bundle.index_media_type).map_err(|e| {
+        CopyError::NotABundle {
+            reference: repository.to_string(),
+            detail: e.0,
+        }
+    })?;
     let mut seen_manifests = HashSet::new();
     let mut seen_blobs = HashSet::new();
     let mut manifests = Vec::new();
@@ -401,20 +474,25 @@ async fn walk_closure(
         .collect();
     let mut depth = 1;
     while !level.is_empty() {
-        let fetched: Vec<(Descriptor, Manifest)> = futures_util::stream::iter(level.into_iter().map(|d| async move {
-            let manifest = src.get_manifest(repository, &d.digest, scope).await?.ok_or_else(|| {
-                CopyError::Registry {
-                    side: Side::Source,
-                    registry: src.name().to_string(),
-                    status: Some(404),
-                    detail: format!("manifest {} named by the bundle is missing from {repository}", d.digest),
-                }
-            })?;
-            Ok::<_, CopyError>((d, manifest))
-        }))
-        .buffer_unordered(settings.max_concurrent_blobs.max(1))
-        .try_collect()
-        .await?;
+        let fetched: Vec<(Descriptor, Manifest)> =
+            futures_util::stream::iter(level.into_iter().map(|d| async move {
+                let manifest = src
+                    .get_manifest(repository, &d.digest, scope)
+                    .await?
+                    .ok_or_else(|| CopyError::Registry {
+                        side: Side::Source,
+                        registry: src.name().to_string(),
+                        status: Some(404),
+                        detail: format!(
+                            "manifest {} named by the bundle is missing from {repository}",
+                            d.digest
+                        ),
+                    })?;
+                Ok::<_, CopyError>((d, manifest))
+            }))
+            .buffer_unordered(settings.max_concurrent_blobs.max(1))
+            .try_collect()
+            .await?;
         let mut next = Vec::new();
         for (descriptor, manifest) in fetched {
             let media_type = if descriptor.media_type.is_empty() {
@@ -422,13 +500,20 @@ async fn walk_closure(
             } else {
                 descriptor.media_type.clone()
             };
-            let parsed = Parsed::parse(&manifest.bytes, &media_type).map_err(|e| CopyError::NotABundle {
-                reference: format!("{repository}@{}", descriptor.digest),
-                detail: e.0,
-            })?;
+            let parsed =
+                Parsed::parse(&manifest.bytes, &media_type).map_err(|e| CopyError::NotABundle {
+                    reference: format!("{repository}@{}", descriptor.digest),
+                    detail: e.0,
+                })?;
             match parsed {
-                Parsed::Index { manifests: children } => {
-                    next.extend(children.into_iter().filter(|d| seen_manifests.insert(d.digest.clone())));
+                Parsed::Index {
+                    manifests: children,
+                } => {
+                    next.extend(
+                        children
+                            .into_iter()
+                            .filter(|d| seen_manifests.insert(d.digest.clone())),
+                    );
                 }
                 Parsed::Manifest { config, layers } => {
                     for blob in std::iter::once(config).chain(layers) {
@@ -436,12 +521,20 @@ async fn walk_closure(
                             continue;
                         }
                         if seen_blobs.insert(blob.digest.clone()) {
-                            blobs.push(ClosureBlob { digest: blob.digest, size: blob.size });
+                            blobs.push(ClosureBlob {
+                                digest: blob.digest,
+                                size: blob.size,
+                            });
                         }
                     }
                 }
             }
-            manifests.push(ClosureManifest { digest: manifest.digest, media_type, bytes: manifest.bytes, depth });
+            manifests.push(ClosureManifest {
+                digest: manifest.digest,
+                media_type,
+                bytes: manifest.bytes,
+                depth,
+            });
         }
         level = next;
         depth += 1;
@@ -460,15 +553,26 @@ async fn push_manifests(
 ) -> Result<(), CopyError> {
     let max_depth = manifests.iter().map(|m| m.depth).max().unwrap_or(0);
     for depth in (1..=max_depth).rev() {
-        futures_util::stream::iter(manifests.iter().filter(|m| m.depth == depth).map(Ok::<_, CopyError>))
-            .try_for_each_concurrent(8, |m| async move {
-                if dst.head_manifest(repository, &m.digest, scope).await?.as_deref() != Some(m.digest.as_str()) {
-                    dst.put_manifest(repository, &m.digest, m.bytes.clone(), &m.media_type, scope).await?;
-                }
-                Progress::add(&progress.0.manifests_pushed, 1);
-                Ok(())
-            })
-            .await?;
+        futures_util::stream::iter(
+            manifests
+                .iter()
+                .filter(|m| m.depth == depth)
+                .map(Ok::<_, CopyError>),
+        )
+        .try_for_each_concurrent(8, |m| async move {
+            if dst
+                .head_manifest(repository, &m.digest, scope)
+                .await?
+                .as_deref()
+                != Some(m.digest.as_str())
+            {
+                dst.put_manifest(repository, &m.digest, m.bytes.clone(), &m.media_type, scope)
+                    .await?;
+            }
+            Progress::add(&progress.0.manifests_pushed, 1);
+            Ok(())
+        })
+        .await?;
     }
     Ok(())
 }
@@ -507,24 +611,44 @@ impl BlobCopy<'_> {
     }
 
     async fn copy_once(&self, blob: &ClosureBlob) -> Result<BlobAction, CopyError> {
-        if self.dst.has_blob(self.dst_repository, &blob.digest, self.dst_scope).await? {
+        if self
+            .dst
+            .has_blob(self.dst_repository, &blob.digest, self.dst_scope)
+            .await?
+        {
             return Ok(BlobAction::Skipped);
         }
         let location = if self.mount {
             match self
                 .dst
-                .mount_blob(self.dst_repository, &blob.digest, self.src_repository, self.dst_scope)
+                .mount_blob(
+                    self.dst_repository,
+                    &blob.digest,
+                    self.src_repository,
+                    self.dst_scope,
+                )
                 .await?
             {
                 Mount::Mounted => return Ok(BlobAction::Mounted),
                 Mount::Upload(location) => location,
             }
         } else {
-            self.dst.start_upload(self.dst_repository, self.dst_scope).await?
+            self.dst
+                .start_upload(self.dst_repository, self.dst_scope)
+                .await?
         };
-        let response = self.src.get_blob(self.src_repository, &blob.digest, self.src_scope).await?;
+        let response = self
+            .src
+            .get_blob(self.src_repository, &blob.digest, self.src_scope)
+            .await?;
         if let Some(length) = response.content_length().filter(|l| *l != blob.size) {
-            return Err(self.mismatch(blob, format!("the source sent {length} bytes where the manifest says {}", blob.size)));
+            return Err(self.mismatch(
+                blob,
+                format!(
+                    "the source sent {length} bytes where the manifest says {}",
+                    blob.size
+                ),
+            ));
         }
         let verdict = Arc::new(Mutex::new(None));
         let stream = VerifyingStream {
@@ -540,12 +664,21 @@ impl BlobCopy<'_> {
         };
         let result = self
             .dst
-            .finish_upload(&location, &blob.digest, blob.size, reqwest::Body::wrap_stream(stream), self.dst_scope)
+            .finish_upload(
+                &location,
+                &blob.digest,
+                blob.size,
+                reqwest::Body::wrap_stream(stream),
+                self.dst_scope,
+            )
             .await;
         let problem = verdict.lock().unwrap_or_else(|p| p.into_inner()).take();
         match (result, problem) {
             (_, Some(StreamProblem::Mismatch(detail))) => {
-                self.progress.0.bytes.fetch_sub(blob.size.min(self.progress.0.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                self.progress.0.bytes.fetch_sub(
+                    blob.size.min(self.progress.0.bytes.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
                 Err(self.mismatch(blob, detail))
             }
             (_, Some(StreamProblem::Source(detail))) => Err(CopyError::Unreachable {
@@ -618,7 +751,10 @@ struct VerifyingStream {
 }
 
 impl VerifyingStream {
-    fn fail(&mut self, problem: StreamProblem) -> std::task::Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn fail(
+        &mut self,
+        problem: StreamProblem,
+    ) -> std::task::Poll<Option<Result<Bytes, std::io::Error>>> {
         let message = match &problem {
             StreamProblem::Mismatch(m) | StreamProblem::Source(m) => m.clone(),
         };
@@ -653,7 +789,10 @@ impl futures_util::Stream for VerifyingStream {
                     }
                     self.seen += chunk.len() as u64;
                     if self.seen > self.size {
-                        let detail = format!("the source sent more than the {} bytes the manifest names", self.size);
+                        let detail = format!(
+                            "the source sent more than the {} bytes the manifest names",
+                            self.size
+                        );
                         return self.fail(StreamProblem::Mismatch(detail));
                     }
                     self.hasher.update(&chunk);
@@ -664,7 +803,8 @@ impl futures_util::Stream for VerifyingStream {
                 }
                 Poll::Ready(None) => {
                     if self.seen != self.size {
-                        let detail = format!("the source sent {} of {} bytes", self.seen, self.size);
+                        let detail =
+                            format!("the source sent {} of {} bytes", self.seen, self.size);
                         return self.fail(StreamProblem::Mismatch(detail));
                     }
                     let actual = self.hasher.finish();
@@ -692,7 +832,11 @@ pub async fn resolve_digest(
     let registry = Registry::connect(side, &reference, endpoint, settings).await?;
     let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
     registry
-        .head_manifest(reference.repository(), tag_or_digest, &repository_scope(reference.repository(), false))
+        .head_manifest(
+            reference.repository(),
+            tag_or_digest,
+            &repository_scope(reference.repository(), false),
+        )
         .await
 }
 
@@ -734,7 +878,10 @@ pub async fn inspect_bundle(
         reference: reference.to_string(),
         digest: bundle.index.digest.clone(),
         media_type: bundle.index_media_type.clone(),
-        bundle: BundleInfo { name: bundle.bundle.name.clone(), version: bundle.bundle.version.clone() },
+        bundle: BundleInfo {
+            name: bundle.bundle.name.clone(),
+            version: bundle.bundle.version.clone(),
+        },
         relocation_map: bundle::relocation_map(&bundle.images, &reference.familiar_name()),
         images: bundle
             .images

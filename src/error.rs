@@ -124,7 +124,9 @@ pub enum CopyError {
         detail: String,
     },
 
-    #[error("{side} registry {registry}: TLS failed: {detail}")]
+    #[error(
+        "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA for the {side}, or mark the {side} insecure"
+    )]
     Tls {
         side: Side,
         registry: String,

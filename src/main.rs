@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use bundlecopy::cli::{self, CopyArgs, InspectArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "bundlecopy", version, about = "Copy Porter (CNAB) bundles between OCI registries")]
+#[command(
+    name = "bundlecopy",
+    version,
+    about = "Copy Porter (CNAB) bundles between OCI registries"
+)]
 struct Cli {
     /// Log filter for stderr (e.g. `info`, `bundlecopy=debug`) [default: warn; $RUST_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
@@ -44,7 +48,10 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     bundlecopy::install_crypto_provider();
     init_logging(args.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -109,7 +109,9 @@ pub struct TokenResponse {
 
 impl TokenResponse {
     pub fn into_token(self) -> Option<String> {
-        self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))
+        self.token
+            .filter(|t| !t.is_empty())
+            .or(self.access_token.filter(|t| !t.is_empty()))
     }
 }
 
@@ -128,7 +130,10 @@ mod tests {
 
     #[test]
     fn parses_challenges() {
-        assert_eq!(parse_challenge(r#"Basic realm="registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="registry""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(
             parse_challenge(
                 r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push""#
@@ -150,11 +155,14 @@ mod tests {
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge(""), None);
-        assert_eq!(parse_challenge("Bearer realm=\"unterminated"), Some(Challenge::Bearer {
-            realm: "unterminated".into(),
-            service: None,
-            scope: None
-        }));
+        assert_eq!(
+            parse_challenge("Bearer realm=\"unterminated"),
+            Some(Challenge::Bearer {
+                realm: "unterminated".into(),
+                service: None,
+                scope: None
+            })
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl Registry {
         let base = Url::parse(&format!("{}://{host}/", transport.scheme())).map_err(|e| {
             CopyError::InvalidSpec(format!("registry host {host:?} cannot form a URL: {e}"))
         })?;
-        let candidates = endpoint.credentials.lookup(reference.registry(), reference.repository());
+        let candidates = endpoint
+            .credentials
+            .lookup(reference.registry(), reference.repository());
         let registry = Registry {
             side,
             name: reference.registry().to_string(),
@@ -109,15 +111,26 @@ impl Registry {
     }
 
     fn url(&self, path: &str) -> Result<Url, CopyError> {
-        self.base.join(path).map_err(|e| self.registry_error(None, format!("bad URL path {path:?}: {e}")))
+        self.base
+            .join(path)
+            .map_err(|e| self.registry_error(None, format!("bad URL path {path:?}: {e}")))
     }
 
     fn registry_error(&self, status: Option<u16>, detail: String) -> CopyError {
-        CopyError::Registry { side: self.side, registry: self.name.clone(), status, detail }
+        CopyError::Registry {
+            side: self.side,
+            registry: self.name.clone(),
+            status,
+            detail,
+        }
     }
 
     fn auth_error(&self, detail: String) -> CopyError {
-        CopyError::AuthenticationFailed { side: self.side, registry: self.name.clone(), detail }
+        CopyError::AuthenticationFailed {
+            side: self.side,
+            registry: self.name.clone(),
+            detail,
+        }
     }
 
     fn same_origin(&self, url: &Url) -> bool {
@@ -128,12 +141,16 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AuthState> {
         // A poisoned lock only means another task panicked mid-update; the state is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn ping(&self) -> Result<(), CopyError> {
         let url = self.url("v2/")?;
-        let response = self.send_raw(Method::GET, &url, HeaderMap::new(), None).await?;
+        let response = self
+            .send_raw(Method::GET, &url, HeaderMap::new(), None)
+            .await?;
         match response.status() {
             s if s.is_success() => {
                 self.lock().challenge = Some(Challenge::None);
@@ -141,7 +158,9 @@ impl Registry {
             }
             StatusCode::UNAUTHORIZED => {
                 let challenge = challenge_of(&response).ok_or_else(|| {
-                    self.auth_error("the registry answered 401 without a Basic or Bearer challenge".into())
+                    self.auth_error(
+                        "the registry answered 401 without a Basic or Bearer challenge".into(),
+                    )
                 })?;
                 self.lock().challenge = Some(challenge.clone());
                 if challenge == Challenge::Basic {
@@ -151,6 +170,15 @@ impl Registry {
             }
             // Some registries do not serve /v2/ itself; the first real request will tell.
             StatusCode::NOT_FOUND => Ok(()),
+            // Go's TLS servers answer a plain-HTTP request with 400 "Client sent an HTTP
+            // request to an HTTPS server".
+            StatusCode::BAD_REQUEST if self.transport == Transport::PlainHttp => Err(CopyError::Tls {
+                side: self.side,
+                registry: self.name.clone(),
+                detail: "the registry serves HTTPS, but it was contacted over plain HTTP (the default for \
+                         loopback registries)"
+                    .to_string(),
+            }),
             status => Err(self.status_error(response, status, "GET /v2/").await),
         }
     }
@@ -158,7 +186,9 @@ impl Registry {
     async fn choose_basic_credential(&self, ping_url: &Url) -> Result<(), CopyError> {
         let mut refused = 0;
         for credential in &self.candidates {
-            let Credential::Basic { username, password } = credential else { continue };
+            let Credential::Basic { username, password } = credential else {
+                continue;
+            };
             let header = basic_header(username, password);
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, header.clone());
@@ -190,7 +220,10 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut request = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
@@ -243,7 +276,11 @@ impl Registry {
                 | StatusCode::GATEWAY_TIMEOUT
                 | StatusCode::REQUEST_TIMEOUT
         )
-        .then(|| retry_after(response).unwrap_or_else(|| backoff(attempt)).min(self.settings.max_retry_after))
+        .then(|| {
+            retry_after(response)
+                .unwrap_or_else(|| backoff(attempt))
+                .min(self.settings.max_retry_after)
+        })
     }
 
     /// A request to the registry with authentication for `scope`: the cached Basic header or
@@ -260,22 +297,30 @@ impl Registry {
         let mut refreshed = false;
         loop {
             let mut request_headers = headers.clone();
-            if self.same_origin(url) {
-                if let Some(value) = self.auth_header(scope) {
-                    request_headers.insert(header::AUTHORIZATION, value);
-                }
+            if self.same_origin(url)
+                && let Some(value) = self.auth_header(scope)
+            {
+                request_headers.insert(header::AUTHORIZATION, value);
             }
-            let response = self.send_raw(method.clone(), url, request_headers, body.clone()).await?;
+            let response = self
+                .send_raw(method.clone(), url, request_headers, body.clone())
+                .await?;
             if response.status() != StatusCode::UNAUTHORIZED || !self.same_origin(url) {
                 return Ok(response);
             }
             let challenge = challenge_of(&response);
             let detail = error_detail(response).await;
             match challenge {
-                Some(Challenge::Bearer { realm, service, scope: asked }) if !refreshed => {
+                Some(Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: asked,
+                }) if !refreshed => {
                     refreshed = true;
                     let wanted = merge_scopes(scope, asked.as_deref());
-                    let token = self.fetch_token(&realm, service.as_deref(), &wanted).await?;
+                    let token = self
+                        .fetch_token(&realm, service.as_deref(), &wanted)
+                        .await?;
                     self.lock().tokens.insert(scope.to_string(), token);
                 }
                 Some(Challenge::Basic) if !refreshed && self.lock().basic.is_none() => {
@@ -285,9 +330,14 @@ impl Registry {
                 }
                 _ => {
                     return Err(self.auth_error(if self.candidates.is_empty() {
-                        format!("access denied ({detail}) and no credentials match {}", self.name)
+                        format!(
+                            "access denied ({detail}) and no credentials match {}",
+                            self.name
+                        )
                     } else {
-                        format!("access denied with the configured credentials ({detail}) for {scope}")
+                        format!(
+                            "access denied with the configured credentials ({detail}) for {scope}"
+                        )
                     }));
                 }
             }
@@ -296,14 +346,27 @@ impl Registry {
 
     fn auth_header(&self, scope: &str) -> Option<HeaderValue> {
         let state = self.lock();
-        state.tokens.get(scope).cloned().or_else(|| state.basic.clone())
+        state
+            .tokens
+            .get(scope)
+            .cloned()
+            .or_else(|| state.basic.clone())
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<HeaderValue, CopyError> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<HeaderValue, CopyError> {
         let realm_url = Url::parse(realm)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| self.auth_error(format!("the registry's token realm {realm:?} is not an http(s) URL")))?;
+            .ok_or_else(|| {
+                self.auth_error(format!(
+                    "the registry's token realm {realm:?} is not an http(s) URL"
+                ))
+            })?;
         let mut get_url = realm_url.clone();
         {
             let mut query = get_url.query_pairs_mut();
@@ -324,7 +387,9 @@ impl Registry {
             let request = match credential {
                 Credential::RegistryToken(token) => {
                     self.lock().preferred = index;
-                    return bearer_header(token).ok_or_else(|| self.auth_error("the registry token is not a valid header value".into()));
+                    return bearer_header(token).ok_or_else(|| {
+                        self.auth_error("the registry token is not a valid header value".into())
+                    });
                 }
                 Credential::Basic { username, password } => self
                     .http
@@ -378,13 +443,19 @@ impl Registry {
     }
 
     /// `Some(token)` when granted, `None` when the credentials were refused.
-    async fn token_request(&self, request: reqwest::RequestBuilder) -> Result<Option<HeaderValue>, CopyError> {
+    async fn token_request(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<HeaderValue>, CopyError> {
         let response = request
             .send()
             .await
             .map_err(|e| classify(self.side, &self.name, self.transport, &e))?;
         let status = response.status();
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST) {
+        if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
+        ) {
             return Ok(None);
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -395,7 +466,10 @@ impl Registry {
             });
         }
         if !status.is_success() {
-            return Err(self.registry_error(Some(status.as_u16()), format!("token server answered {status}")));
+            return Err(self.registry_error(
+                Some(status.as_u16()),
+                format!("token server answered {status}"),
+            ));
         }
         let body = read_limited(response, 1024 * 1024)
             .await
@@ -403,20 +477,36 @@ impl Registry {
         let token = serde_json::from_slice::<TokenResponse>(&body)
             .ok()
             .and_then(TokenResponse::into_token)
-            .ok_or_else(|| self.registry_error(Some(status.as_u16()), "the token server's answer holds no token".into()))?;
-        bearer_header(&token)
-            .map(Some)
-            .ok_or_else(|| self.registry_error(None, "the token server returned a token that is not a valid header value".into()))
+            .ok_or_else(|| {
+                self.registry_error(
+                    Some(status.as_u16()),
+                    "the token server's answer holds no token".into(),
+                )
+            })?;
+        bearer_header(&token).map(Some).ok_or_else(|| {
+            self.registry_error(
+                None,
+                "the token server returned a token that is not a valid header value".into(),
+            )
+        })
     }
 
     /// Turn an unexpected response into an error, with the registry's own message.
-    pub async fn status_error(&self, response: Response, status: StatusCode, what: &str) -> CopyError {
+    pub async fn status_error(
+        &self,
+        response: Response,
+        status: StatusCode,
+        what: &str,
+    ) -> CopyError {
         let detail = error_detail(response).await;
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 self.auth_error(format!("{what}: access denied ({detail})"))
             }
-            _ => self.registry_error(Some(status.as_u16()), format!("{what} failed with {status}: {detail}")),
+            _ => self.registry_error(
+                Some(status.as_u16()),
+                format!("{what} failed with {status}: {detail}"),
+            ),
         }
     }
 
@@ -429,54 +519,91 @@ impl Registry {
     }
 
     /// GET a manifest by tag or digest. `None` when the registry does not have it.
-    pub async fn get_manifest(&self, repository: &str, reference: &str, scope: &str) -> Result<Option<Manifest>, CopyError> {
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        scope: &str,
+    ) -> Result<Option<Manifest>, CopyError> {
         let url = self.manifest_url(repository, reference)?;
-        let response = self.send(Method::GET, &url, accept_manifests(), None, scope).await?;
+        let response = self
+            .send(Method::GET, &url, accept_manifests(), None, scope)
+            .await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(self.status_error(response, status, &format!("GET manifest {repository}:{reference}")).await);
+            return Err(self
+                .status_error(
+                    response,
+                    status,
+                    &format!("GET manifest {repository}:{reference}"),
+                )
+                .await);
         }
         let media_type = content_type(response.headers());
         let announced = docker_digest(response.headers());
-        let bytes = read_limited(response, MAX_MANIFEST_BYTES).await.map_err(|e| {
-            CopyError::NotABundle {
+        let bytes = read_limited(response, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| CopyError::NotABundle {
                 reference: format!("{}/{repository}:{reference}", self.name),
                 detail: format!("its manifest could not be read: {e}"),
-            }
-        })?;
+            })?;
         let digest = sha256_digest(&bytes);
-        let expected = if reference.contains(':') { Some(reference.to_string()) } else { announced };
-        if let Some(expected) = expected.filter(|d| d.starts_with("sha256:")) {
-            if expected != digest {
-                return Err(CopyError::DigestMismatch {
-                    side: self.side,
-                    registry: self.name.clone(),
-                    digest: expected,
-                    detail: format!("the manifest's bytes hash to {digest}"),
-                });
-            }
+        let expected = if reference.contains(':') {
+            Some(reference.to_string())
+        } else {
+            announced
+        };
+        if let Some(expected) = expected.filter(|d| d.starts_with("sha256:"))
+            && expected != digest
+        {
+            return Err(CopyError::DigestMismatch {
+                side: self.side,
+                registry: self.name.clone(),
+                digest: expected,
+                detail: format!("the manifest's bytes hash to {digest}"),
+            });
         }
-        Ok(Some(Manifest { bytes, media_type, digest }))
+        Ok(Some(Manifest {
+            bytes,
+            media_type,
+            digest,
+        }))
     }
 
     /// HEAD a manifest: its digest, or `None` when absent.
-    pub async fn head_manifest(&self, repository: &str, reference: &str, scope: &str) -> Result<Option<String>, CopyError> {
+    pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        scope: &str,
+    ) -> Result<Option<String>, CopyError> {
         let url = self.manifest_url(repository, reference)?;
-        let response = self.send(Method::HEAD, &url, accept_manifests(), None, scope).await?;
+        let response = self
+            .send(Method::HEAD, &url, accept_manifests(), None, scope)
+            .await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(self.status_error(response, status, &format!("HEAD manifest {repository}:{reference}")).await);
+            return Err(self
+                .status_error(
+                    response,
+                    status,
+                    &format!("HEAD manifest {repository}:{reference}"),
+                )
+                .await);
         }
         match docker_digest(response.headers()) {
             Some(digest) => Ok(Some(digest)),
             // Registries without Docker-Content-Digest: hash the manifest itself.
-            None => Ok(self.get_manifest(repository, reference, scope).await?.map(|m| m.digest)),
+            None => Ok(self
+                .get_manifest(repository, reference, scope)
+                .await?
+                .map(|m| m.digest)),
         }
     }
 
@@ -493,59 +620,109 @@ impl Registry {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_str(media_type)
-                .map_err(|_| self.registry_error(None, format!("media type {media_type:?} is not a valid header")))?,
+            HeaderValue::from_str(media_type).map_err(|_| {
+                self.registry_error(
+                    None,
+                    format!("media type {media_type:?} is not a valid header"),
+                )
+            })?,
         );
-        let response = self.send(Method::PUT, &url, headers, Some(bytes), scope).await?;
+        let response = self
+            .send(Method::PUT, &url, headers, Some(bytes), scope)
+            .await?;
         let status = response.status();
         if !status.is_success() {
-            return Err(self.status_error(response, status, &format!("PUT manifest {repository}:{reference}")).await);
+            return Err(self
+                .status_error(
+                    response,
+                    status,
+                    &format!("PUT manifest {repository}:{reference}"),
+                )
+                .await);
         }
         Ok(docker_digest(response.headers()))
     }
 
     /// Whether the repository holds a blob.
-    pub async fn has_blob(&self, repository: &str, digest: &str, scope: &str) -> Result<bool, CopyError> {
+    pub async fn has_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        scope: &str,
+    ) -> Result<bool, CopyError> {
         let url = self.blob_url(repository, digest)?;
-        let response = self.send(Method::HEAD, &url, HeaderMap::new(), None, scope).await?;
+        let response = self
+            .send(Method::HEAD, &url, HeaderMap::new(), None, scope)
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            status => Err(self.status_error(response, status, &format!("HEAD blob {digest}")).await),
+            status => Err(self
+                .status_error(response, status, &format!("HEAD blob {digest}"))
+                .await),
         }
     }
 
     /// GET a blob, following redirects (to blob storage) without credentials.
-    pub async fn get_blob(&self, repository: &str, digest: &str, scope: &str) -> Result<Response, CopyError> {
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        scope: &str,
+    ) -> Result<Response, CopyError> {
         let mut url = self.blob_url(repository, digest)?;
         for _ in 0..=MAX_REDIRECTS {
-            let response = self.send(Method::GET, &url, HeaderMap::new(), None, scope).await?;
+            let response = self
+                .send(Method::GET, &url, HeaderMap::new(), None, scope)
+                .await?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
                     .headers()
                     .get(header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| self.registry_error(Some(status.as_u16()), "redirect without a Location".into()))?;
-                url = url
-                    .join(location)
-                    .map_err(|e| self.registry_error(Some(status.as_u16()), format!("bad redirect Location: {e}")))?;
+                    .ok_or_else(|| {
+                        self.registry_error(
+                            Some(status.as_u16()),
+                            "redirect without a Location".into(),
+                        )
+                    })?;
+                url = url.join(location).map_err(|e| {
+                    self.registry_error(
+                        Some(status.as_u16()),
+                        format!("bad redirect Location: {e}"),
+                    )
+                })?;
                 tracing::debug!(side = %self.side, registry = %self.name, host = url.host_str().unwrap_or_default(), "following blob redirect");
                 continue;
             }
             if status == StatusCode::NOT_FOUND {
-                return Err(self.registry_error(Some(404), format!("blob {digest} is missing from {repository}")));
+                return Err(self.registry_error(
+                    Some(404),
+                    format!("blob {digest} is missing from {repository}"),
+                ));
             }
             if !status.is_success() {
-                return Err(self.status_error(response, status, &format!("GET blob {digest}")).await);
+                return Err(self
+                    .status_error(response, status, &format!("GET blob {digest}"))
+                    .await);
             }
             return Ok(response);
         }
-        Err(self.registry_error(None, format!("more than {MAX_REDIRECTS} redirects for blob {digest}")))
+        Err(self.registry_error(
+            None,
+            format!("more than {MAX_REDIRECTS} redirects for blob {digest}"),
+        ))
     }
 
     /// Read a small blob whole, checking its digest (bundle.json).
-    pub async fn read_blob(&self, repository: &str, digest: &str, limit: usize, scope: &str) -> Result<Bytes, CopyError> {
+    pub async fn read_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        limit: usize,
+        scope: &str,
+    ) -> Result<Bytes, CopyError> {
         let response = self.get_blob(repository, digest, scope).await?;
         let bytes = read_limited(response, limit)
             .await
@@ -563,24 +740,52 @@ impl Registry {
     }
 
     /// Ask for a cross-repository mount; a registry that cannot mount opens an upload instead.
-    pub async fn mount_blob(&self, repository: &str, digest: &str, from: &str, scope: &str) -> Result<Mount, CopyError> {
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+        scope: &str,
+    ) -> Result<Mount, CopyError> {
         let mut url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-        url.query_pairs_mut().append_pair("mount", digest).append_pair("from", from);
-        let response = self.send(Method::POST, &url, HeaderMap::new(), Some(Bytes::new()), scope).await?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        let response = self
+            .send(
+                Method::POST,
+                &url,
+                HeaderMap::new(),
+                Some(Bytes::new()),
+                scope,
+            )
+            .await?;
         match response.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(&response)?)),
-            status => Err(self.status_error(response, status, &format!("mount of {digest}")).await),
+            status => Err(self
+                .status_error(response, status, &format!("mount of {digest}"))
+                .await),
         }
     }
 
     /// Open an upload session.
     pub async fn start_upload(&self, repository: &str, scope: &str) -> Result<Url, CopyError> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"))?;
-        let response = self.send(Method::POST, &url, HeaderMap::new(), Some(Bytes::new()), scope).await?;
+        let response = self
+            .send(
+                Method::POST,
+                &url,
+                HeaderMap::new(),
+                Some(Bytes::new()),
+                scope,
+            )
+            .await?;
         match response.status() {
             StatusCode::ACCEPTED => self.location(&response),
-            status => Err(self.status_error(response, status, "starting a blob upload").await),
+            status => Err(self
+                .status_error(response, status, "starting a blob upload")
+                .await),
         }
     }
 
@@ -602,10 +807,10 @@ impl Registry {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, size)
             .body(body);
-        if self.same_origin(&url) {
-            if let Some(value) = self.auth_header(scope) {
-                request = request.header(header::AUTHORIZATION, value);
-            }
+        if self.same_origin(&url)
+            && let Some(value) = self.auth_header(scope)
+        {
+            request = request.header(header::AUTHORIZATION, value);
         }
         let response = request
             .send()
@@ -618,7 +823,9 @@ impl Registry {
                 registry: self.name.clone(),
                 retry_after: retry_after(&response),
             }),
-            status => Err(self.status_error(response, status, &format!("upload of {digest}")).await),
+            status => Err(self
+                .status_error(response, status, &format!("upload of {digest}"))
+                .await),
         }
     }
 
@@ -627,7 +834,12 @@ impl Registry {
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| self.registry_error(Some(response.status().as_u16()), "upload answer without a Location".into()))?;
+            .ok_or_else(|| {
+                self.registry_error(
+                    Some(response.status().as_u16()),
+                    "upload answer without a Location".into(),
+                )
+            })?;
         // Location may be absolute or relative to the registry.
         response
             .url()
@@ -668,8 +880,10 @@ fn merge_scopes(ours: &str, asked: Option<&str>) -> String {
 
 fn basic_header(username: &str, password: &str) -> HeaderValue {
     use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
 }
@@ -681,7 +895,9 @@ fn bearer_header(token: &str) -> Option<HeaderValue> {
 }
 
 fn form_encode(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -702,7 +918,12 @@ fn docker_digest(headers: &HeaderMap) -> Option<String> {
 
 /// `Retry-After` in seconds (the HTTP-date form is read as one second).
 fn retry_after(response: &Response) -> Option<Duration> {
-    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     Some(match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => Duration::from_secs(1),
@@ -711,7 +932,8 @@ fn retry_after(response: &Response) -> Option<Duration> {
 
 /// Capped exponential backoff: 250 ms, 500 ms, 1 s, ... up to 8 s.
 pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << attempt.saturating_sub(1).min(5))).min(Duration::from_secs(8))
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.saturating_sub(1).min(5)))
+        .min(Duration::from_secs(8))
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
@@ -720,10 +942,12 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// Read a body up to `limit` bytes; more is an error (a registry must not make us hold more).
 async fn read_limited(response: Response, limit: usize) -> Result<Bytes, String> {
-    if let Some(length) = response.content_length() {
-        if length > limit as u64 {
-            return Err(format!("it is {length} bytes, more than the {limit} byte limit"));
-        }
+    if let Some(length) = response.content_length()
+        && length > limit as u64
+    {
+        return Err(format!(
+            "it is {length} bytes, more than the {limit} byte limit"
+        ));
     }
     let mut stream = response.bytes_stream();
     let mut buffer = Vec::new();
@@ -740,7 +964,9 @@ async fn read_limited(response: Response, limit: usize) -> Result<Bytes, String>
 /// The registry's own error message (`{"errors":[{"code","message"}]}`), or the status text.
 async fn error_detail(response: Response) -> String {
     let status = response.status();
-    let body = read_limited(response, MAX_ERROR_BODY).await.unwrap_or_default();
+    let body = read_limited(response, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,
@@ -782,9 +1008,15 @@ mod tests {
 
     #[test]
     fn scopes_merge_without_duplicates() {
-        assert_eq!(merge_scopes("repository:a:pull", Some("repository:a:pull")), "repository:a:pull");
         assert_eq!(
-            merge_scopes("repository:a:pull,push repository:b:pull", Some("repository:c:pull")),
+            merge_scopes("repository:a:pull", Some("repository:a:pull")),
+            "repository:a:pull"
+        );
+        assert_eq!(
+            merge_scopes(
+                "repository:a:pull,push repository:b:pull",
+                Some("repository:c:pull")
+            ),
             "repository:a:pull,push repository:b:pull repository:c:pull"
         );
     }

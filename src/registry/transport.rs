@@ -39,13 +39,22 @@ pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Cop
     let certs = reqwest::Certificate::from_pem_bundle(pem)
         .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))?;
     if certs.is_empty() {
-        return Err(invalid("no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into()));
+        return Err(invalid(
+            "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
     }
     // reqwest parses lazily for rustls: check each block decodes as X.509 DER now, so garbage is
     // reported here instead of as a TLS failure later.
     let text = String::from_utf8_lossy(pem);
-    for (i, block) in text.split("-----BEGIN CERTIFICATE-----").skip(1).enumerate() {
-        let body = block.split("-----END CERTIFICATE-----").next().unwrap_or_default();
+    for (i, block) in text
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .enumerate()
+    {
+        let body = block
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default();
         let cleaned: String = body.chars().filter(|c| !c.is_whitespace()).collect();
         use base64::Engine as _;
         let der = base64::engine::general_purpose::STANDARD
@@ -53,7 +62,10 @@ pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Cop
             .map_err(|_| invalid(format!("certificate {} is not valid base64", i + 1)))?;
         // An X.509 certificate is a DER SEQUENCE.
         if der.len() < 64 || der[0] != 0x30 {
-            return Err(invalid(format!("certificate {} is not an X.509 certificate", i + 1)));
+            return Err(invalid(format!(
+                "certificate {} is not an X.509 certificate",
+                i + 1
+            )));
         }
     }
     Ok(certs)
@@ -147,10 +159,18 @@ pub fn error_chain(e: &reqwest::Error) -> String {
     }
 }
 
-fn find_source<'a, T: std::error::Error + 'static>(e: &'a reqwest::Error) -> Option<&'a T> {
+fn find_source<T: std::error::Error + 'static>(e: &reqwest::Error) -> Option<&T> {
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(found) = s.downcast_ref::<T>() {
+            return Some(found);
+        }
+        // io::Error's `source()` skips the error it wraps; look inside it.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(found) = inner.downcast_ref::<T>()
+        {
             return Some(found);
         }
         source = s.source();
@@ -163,24 +183,73 @@ pub fn classify(side: Side, registry: &str, transport: Transport, e: &reqwest::E
     let registry = registry.to_string();
     if let Some(tls) = find_source::<rustls::Error>(e) {
         let detail = match tls {
-            rustls::Error::InvalidMessage(_) => format!(
-                "{tls} (the registry does not seem to speak TLS on this port; if it serves plain HTTP, mark the {side} insecure)"
-            ),
-            rustls::Error::InvalidCertificate(_) => format!(
-                "{tls} (the registry's certificate is not trusted: give the {side} its CA, or mark the {side} insecure)"
-            ),
+            rustls::Error::InvalidMessage(_) => {
+                format!(
+                    "{tls} (the registry does not seem to speak TLS on this port: is it plain HTTP?)"
+                )
+            }
+            rustls::Error::InvalidCertificate(_) => {
+                format!("the registry's certificate is not trusted: {tls}")
+            }
             _ => tls.to_string(),
         };
-        return CopyError::Tls { side, registry, detail };
+        return CopyError::Tls {
+            side,
+            registry,
+            detail,
+        };
+    }
+    let chain = error_chain(e);
+    // Some layers box the rustls error so it cannot be downcast; its Display text is stable.
+    if transport != Transport::PlainHttp {
+        if let Some(at) = chain.find("invalid peer certificate") {
+            let detail = format!(
+                "the registry's certificate is not trusted: {}",
+                &chain[at..]
+            );
+            return CopyError::Tls {
+                side,
+                registry,
+                detail,
+            };
+        }
+        if chain.contains("received corrupt message") || chain.contains("invalid HTTP version") {
+            let detail = format!(
+                "{} (the registry does not seem to speak TLS on this port: is it plain HTTP?)",
+                tls_part(&chain)
+            );
+            return CopyError::Tls {
+                side,
+                registry,
+                detail,
+            };
+        }
     }
     if e.is_timeout() {
-        return CopyError::Unreachable { side, registry, detail: format!("timed out: {}", error_chain(e)) };
+        return CopyError::Unreachable {
+            side,
+            registry,
+            detail: format!("timed out: {}", error_chain(e)),
+        };
     }
     let chain = error_chain(e);
     if transport != Transport::PlainHttp && chain.contains("invalid HTTP version") {
-        return CopyError::Tls { side, registry, detail: chain };
+        return CopyError::Tls {
+            side,
+            registry,
+            detail: chain,
+        };
     }
-    CopyError::Unreachable { side, registry, detail: chain }
+    CopyError::Unreachable {
+        side,
+        registry,
+        detail: chain,
+    }
+}
+
+/// The innermost part of an error chain (the TLS library's own words).
+fn tls_part(chain: &str) -> &str {
+    chain.rsplit(": ").next().unwrap_or(chain)
 }
 
 #[cfg(test)]
@@ -191,12 +260,24 @@ mod tests {
     fn garbage_ca_is_refused_with_a_clear_error() {
         for (pem, expected) in [
             (&b"not a certificate"[..], "no PEM CERTIFICATE block"),
-            (b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "certificate"),
-            (b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n", "certificate"),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "certificate",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+                "certificate",
+            ),
         ] {
             let e = parse_ca(Side::Destination, pem).unwrap_err();
             assert!(e.to_string().contains(expected), "{e}");
-            assert!(matches!(e, CopyError::InvalidCa { side: Side::Destination, .. }));
+            assert!(matches!(
+                e,
+                CopyError::InvalidCa {
+                    side: Side::Destination,
+                    ..
+                }
+            ));
         }
     }
 }
