@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod cli;
 pub mod controller;
 pub mod copy;
 pub mod credentials;
