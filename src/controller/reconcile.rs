@@ -563,6 +563,43 @@ mod tests {
         );
     }
 
+    fn spec(source: &str, destination: &str, interval: Option<&str>) -> BundleCopySpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"reference": source},
+            "destination": {"reference": destination},
+            "interval": interval,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn validation_resolves_the_destination_and_interval() {
+        let valid = validate(&spec("localhost:5001/examples/hello:v1", "localhost:5002/team", Some("10m"))).unwrap();
+        assert_eq!(valid.destination, "localhost:5002/team/hello:v1");
+        assert!(!valid.source_is_digest);
+        assert_eq!(valid.interval, Some(Duration::from_secs(600)));
+
+        let digest = format!("localhost:5001/hello@sha256:{}", "a".repeat(64));
+        let valid = validate(&spec(&digest, "localhost:5002/team/hello:v2", None)).unwrap();
+        assert!(valid.source_is_digest);
+        assert_eq!(valid.destination, "localhost:5002/team/hello:v2");
+    }
+
+    #[test]
+    fn validation_names_the_field_at_fault() {
+        let cases = [
+            (spec("Not A Reference", "localhost:5002/team", None), "spec.source.reference"),
+            (spec(&format!("localhost:5001/hello@sha256:{}", "a".repeat(64)), "localhost:5002/team", None), "spec.destination.reference"),
+            (spec("localhost:5001/hello:v1", "localhost:5001/hello:v1", None), "is the source itself"),
+            (spec("localhost:5001/hello:v1", "localhost:5002/team", Some("soon")), "spec.interval"),
+            (spec("localhost:5001/hello:v1", "localhost:5002/team", Some("10s")), "shorter than the minimum"),
+        ];
+        for (spec, expected) in cases {
+            let message = validate(&spec).unwrap_err();
+            assert!(message.contains(expected), "{expected:?} not in {message:?}");
+        }
+    }
+
     #[test]
     fn notes_are_truncated_on_a_char_boundary() {
         assert_eq!(truncate("é".repeat(600), 1000).len(), 1000);

@@ -118,7 +118,8 @@ pub fn next_status(
                 String::new(),
             ));
             next.source_digest = Some(outcome.source_digest.clone());
-            next.destination = Some(outcome.destination.clone());
+            // The resolved destination of the spec stays the key that later reconciles compare.
+            next.destination.get_or_insert_with(|| outcome.destination.clone());
             next.destination_digest = Some(outcome.destination_digest.clone());
             next.short_digest = Some(short_digest(&outcome.destination_digest));
             next.bundle = Some(BundleIdentity {
