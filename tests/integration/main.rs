@@ -3,4 +3,5 @@
 
 mod support;
 
+mod copy;
 mod harness_smoke;
