@@ -582,12 +582,11 @@ async fn copy_failures_have_their_reasons() {
     let mut wrong_ca = endpoint(&tls);
     wrong_ca.ca_pem = Some(
         std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_else(|_| {
-            rcgen::CertifiedKey::from(
-                rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap(),
-            )
-            .cert
-            .pem()
-            .into_bytes()
+            rcgen::generate_simple_self_signed(vec!["other".into()])
+                .unwrap()
+                .cert
+                .pem()
+                .into_bytes()
         }),
     );
     let error = copy(&request(
