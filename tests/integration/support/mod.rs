@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod check;
 pub mod client;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 pub mod token;
 
@@ -20,6 +21,7 @@ pub use bundle::{
 };
 pub use check::{assert_bundle_copied, bundlecopy_bin, run_cli, run_cli_with, skopeo_inspect_raw};
 pub use client::RegistryClient;
+pub use proxy::{Fault, FaultProxy, PathKind, Rule};
 pub use registry::{RegistryKind, TestRegistry};
 pub use token::TokenServer;
 
