@@ -19,7 +19,7 @@ use crate::support::{
     BundleSpec, ImageFormat, PushedBundle, RegistryClient, RegistryKind, TestRegistry, TokenServer,
     assert_bundle_copied, push_bundle, push_plain_image, sha256_digest, skopeo_inspect_raw,
 };
-use crate::support::{Fault, FaultProxy, PathKind, Rule};
+use crate::support::{DockerConfig, Fault, FaultProxy, PathKind, Rule};
 
 #[tokio::test]
 async fn harness_every_registry_kind_starts_and_answers() {
@@ -655,6 +655,27 @@ async fn harness_token_registry_refuses_anonymous_pushes_and_accepts_tokens() {
     .await
     .unwrap();
     assert_eq!(bad_refresh.status(), StatusCode::UNAUTHORIZED);
+
+    // A copy between two auth registries, one behind a proxy, needs one config with all three.
+    let basic = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
+    let proxy = FaultProxy::start(&basic);
+    let combined = DockerConfig::new()
+        .with_registry(&registry)
+        .with_registry(&basic)
+        .with_host_as(&proxy.host(), &basic)
+        .write_dir();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(combined.path().join("config.json")).unwrap())
+            .unwrap();
+    let auths = config["auths"].as_object().unwrap();
+    assert_eq!(auths.len(), 3, "{config}");
+    for host in [registry.host(), basic.host(), proxy.host()] {
+        let decoded = STANDARD
+            .decode(auths[&host]["auth"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"testuser:testpass-Secret42");
+    }
+    assert_eq!(proxy.client(&basic).ping().await, StatusCode::OK);
 
     // The identity-token Docker config names this registry.
     let config: serde_json::Value =

@@ -304,6 +304,14 @@ impl FaultProxy {
         format!("http://{}", self.storage_address)
     }
 
+    /// A raw test client talking to the proxy with `registry`'s credentials.
+    pub fn client(&self, registry: &TestRegistry) -> super::client::RegistryClient {
+        let credentials = registry
+            .requires_auth()
+            .then_some((registry.username(), registry.password()));
+        super::client::RegistryClient::new(&self.url_base(), None, credentials)
+    }
+
     /// Add a rule; rules are tried in the order added and the first match applies.
     pub fn add_rule(&self, rule: Rule) {
         lock(&self.state.rules).push(rule);
