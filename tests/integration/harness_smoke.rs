@@ -1,5 +1,5 @@
 //! Tests of the harness itself: the registries, the token server, the bundle builder's wire
-//! format and the closure check. `cargo test --test integration harness`
+//! format, the closure check and the fault proxy. `cargo test --test integration harness`
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -10,14 +10,16 @@ use futures_util::FutureExt;
 use reqwest::StatusCode;
 
 use crate::support::bundle::{
-    ConfigManifestForm, IndexDescriptor, cnab_index_bytes, config_manifest_bytes,
+    ConfigManifestForm, IndexDescriptor, cnab_index_bytes, config_manifest_bytes, push_bundle_with,
 };
+use crate::support::check::run_with_timeout;
 use crate::support::client::{DOCKER_MANIFEST_LIST, OCI_INDEX};
 use crate::support::token::jwt_claims;
 use crate::support::{
     BundleSpec, ImageFormat, PushedBundle, RegistryClient, RegistryKind, TestRegistry, TokenServer,
     assert_bundle_copied, push_bundle, push_plain_image, sha256_digest, skopeo_inspect_raw,
 };
+use crate::support::{DockerConfig, Fault, FaultProxy, PathKind, Rule};
 
 #[tokio::test]
 async fn harness_every_registry_kind_starts_and_answers() {
@@ -654,6 +656,27 @@ async fn harness_token_registry_refuses_anonymous_pushes_and_accepts_tokens() {
     .unwrap();
     assert_eq!(bad_refresh.status(), StatusCode::UNAUTHORIZED);
 
+    // A copy between two auth registries, one behind a proxy, needs one config with all three.
+    let basic = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
+    let proxy = FaultProxy::start(&basic);
+    let combined = DockerConfig::new()
+        .with_registry(&registry)
+        .with_registry(&basic)
+        .with_host_as(&proxy.host(), &basic)
+        .write_dir();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(combined.path().join("config.json")).unwrap())
+            .unwrap();
+    let auths = config["auths"].as_object().unwrap();
+    assert_eq!(auths.len(), 3, "{config}");
+    for host in [registry.host(), basic.host(), proxy.host()] {
+        let decoded = STANDARD
+            .decode(auths[&host]["auth"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, b"testuser:testpass-Secret42");
+    }
+    assert_eq!(proxy.client(&basic).ping().await, StatusCode::OK);
+
     // The identity-token Docker config names this registry.
     let config: serde_json::Value =
         serde_json::from_str(&registry.docker_config_json_with_identity_token()).unwrap();
@@ -695,4 +718,280 @@ async fn harness_stop_and_start_again_keep_port_and_data() {
         )
         .await;
     }
+}
+
+#[test]
+fn harness_run_with_timeout_captures_output_and_kills_at_the_timeout() {
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", "echo out; echo err >&2; exit 3"]);
+    let output = run_with_timeout(command, std::time::Duration::from_secs(10));
+    assert_eq!(output.code, 3);
+    assert_eq!(output.stdout, b"out\n");
+    assert_eq!(output.stderr, b"err\n");
+
+    let started = std::time::Instant::now();
+    let mut sleeper = std::process::Command::new("sleep");
+    sleeper.arg("30");
+    let output = run_with_timeout(sleeper, std::time::Duration::from_millis(300));
+    assert_eq!(output.code, -1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("killed after"));
+    assert!(crate::support::bundlecopy_bin().exists());
+}
+
+#[tokio::test]
+async fn harness_proxy_passes_through_and_rewrites_locations() {
+    let registry = TestRegistry::start(RegistryKind::Plain).await;
+    let proxy = FaultProxy::start(&registry);
+    let via_proxy = RegistryClient::new(&proxy.url_base(), None, None);
+
+    // The registry answers with absolute upload URLs naming itself; the client sees the proxy.
+    let started = via_proxy
+        .http()
+        .post(format!(
+            "{}/v2/through/proxy/blobs/uploads/",
+            proxy.url_base()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let location = started.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(&proxy.url_base()), "{location}");
+
+    let spec = BundleSpec::new("proxied", "1.0.0")
+        .with_component("c", ImageFormat::Oci, &[70_000])
+        .with_shared_layer(5000);
+    let pushed = push_bundle_with(&via_proxy, &proxy.host(), "through/proxy", "v1", &spec).await;
+    assert_bundle_copied(
+        &registry,
+        "through/proxy",
+        &registry,
+        "through/proxy",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let blob_count = pushed.blobs.len();
+    assert_eq!(
+        proxy.count(&reqwest::Method::PUT, PathKind::Upload),
+        blob_count
+    );
+    assert_eq!(
+        proxy.count(&reqwest::Method::POST, PathKind::Upload),
+        blob_count + 1
+    );
+    assert_eq!(
+        proxy.count(&reqwest::Method::PUT, PathKind::Manifest),
+        pushed.manifests.len() + 1
+    );
+    assert_eq!(proxy.counts()["PUT Manifest"], pushed.manifests.len() + 1);
+    assert_eq!(proxy.faults_injected(), 0);
+}
+
+#[tokio::test]
+async fn harness_proxy_injects_status_reset_corruption_truncation_stall_and_disconnect() {
+    let registry = TestRegistry::start(RegistryKind::Plain).await;
+    let blob = crate::support::bundle::GeneratedBlob::new(42, 300_000).bytes();
+    let digest = registry.client().put_blob("faults/blob", &blob).await;
+    let proxy = FaultProxy::start(&registry);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let blob_url = format!("{}/v2/faults/blob/blobs/{digest}", proxy.url_base());
+
+    // 429 with Retry-After, twice, then through.
+    proxy.add_rule(
+        Rule::new(Fault::rate_limited())
+            .kind(PathKind::Blob)
+            .times(2),
+    );
+    for _ in 0..2 {
+        let limited = http.get(&blob_url).send().await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()["retry-after"], "1");
+    }
+    let through = http.get(&blob_url).send().await.unwrap();
+    assert_eq!(through.status(), StatusCode::OK);
+    assert_eq!(through.bytes().await.unwrap(), blob);
+    assert_eq!(proxy.remaining_rule_counts(), vec![Some(0)]);
+    proxy.clear_rules();
+
+    // 503 once, only for HEAD.
+    proxy.add_rule(
+        Rule::new(Fault::status(503))
+            .method(reqwest::Method::HEAD)
+            .once(),
+    );
+    assert_eq!(
+        http.get(&blob_url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.head(&blob_url).send().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        http.head(&blob_url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    proxy.clear_rules();
+
+    // Reset after 100 000 bytes: headers promise the whole blob, the body breaks off.
+    proxy.add_rule(
+        Rule::new(Fault::ResetAfter { bytes: 100_000 })
+            .kind(PathKind::Blob)
+            .once(),
+    );
+    let cut = http.get(&blob_url).send().await.unwrap();
+    assert_eq!(cut.status(), StatusCode::OK);
+    assert_eq!(cut.content_length(), Some(blob.len() as u64));
+    assert!(cut.bytes().await.is_err(), "a reset body must fail to read");
+    assert_eq!(
+        http.get(&blob_url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        blob
+    );
+
+    // Corruption: same length, one byte flipped.
+    proxy.add_rule(
+        Rule::new(Fault::Corrupt { at: 150_000 })
+            .kind(PathKind::Blob)
+            .once(),
+    );
+    let corrupted = http
+        .get(&blob_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(corrupted.len(), blob.len());
+    assert_eq!(corrupted[150_000], blob[150_000] ^ 0xff);
+    assert_ne!(sha256_digest(&corrupted), digest);
+
+    // Truncation: a clean but short body.
+    proxy.add_rule(
+        Rule::new(Fault::Truncate { keep: 1000 })
+            .kind(PathKind::Blob)
+            .once(),
+    );
+    let short = http.get(&blob_url).send().await.unwrap();
+    assert_eq!(short.content_length(), Some(1000));
+    assert_eq!(short.bytes().await.unwrap(), blob[..1000]);
+
+    // A stalled response trips a client timeout.
+    proxy.add_rule(
+        Rule::new(Fault::Stall {
+            duration: std::time::Duration::from_millis(1500),
+        })
+        .kind(PathKind::Blob)
+        .once(),
+    );
+    let stalled = http
+        .get(&blob_url)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(stalled.unwrap_err().is_timeout());
+    // A body stalled midway: the headers arrive, the rest comes late.
+    proxy.add_rule(
+        Rule::new(Fault::StallBodyAfter {
+            bytes: 1000,
+            duration: std::time::Duration::from_millis(400),
+        })
+        .kind(PathKind::Blob)
+        .once(),
+    );
+    let started = std::time::Instant::now();
+    let slow = http
+        .get(&blob_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(slow, blob);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+
+    // A dropped connection: no response at all.
+    proxy.add_rule(
+        Rule::new(Fault::Disconnect)
+            .path_contains("/manifests/")
+            .once(),
+    );
+    let dropped = http
+        .get(format!(
+            "{}/v2/faults/blob/manifests/latest",
+            proxy.url_base()
+        ))
+        .send()
+        .await;
+    assert!(dropped.is_err(), "{dropped:?}");
+
+    assert_eq!(proxy.faults_injected(), 2 + 1 + 1 + 1 + 1 + 1 + 1 + 1);
+    assert!(proxy.counts()["GET Blob"] >= 10, "{:?}", proxy.counts());
+}
+
+#[tokio::test]
+async fn harness_proxy_redirects_blob_gets_to_a_storage_host_that_records_authorization() {
+    let registry = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
+    let blob = b"served from blob storage".to_vec();
+    let digest = registry.client().put_blob("redirect/app", &blob).await;
+    let proxy = FaultProxy::start(&registry);
+    proxy.add_rule(
+        Rule::new(Fault::RedirectToStorage)
+            .kind(PathKind::Blob)
+            .method(reqwest::Method::GET),
+    );
+
+    // The test client follows the 307 and drops Authorization for the other port.
+    let via_proxy = RegistryClient::new(
+        &proxy.url_base(),
+        None,
+        Some((registry.username(), registry.password())),
+    );
+    assert_eq!(via_proxy.get_blob("redirect/app", &digest).await, blob);
+    let storage = proxy.storage_requests();
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert!(!storage[0].had_authorization);
+    assert!(storage[0].path.starts_with(&format!("/storage/{digest}")));
+
+    // The recording works both ways: a client that does send credentials is seen doing it.
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = no_redirects
+        .get(format!(
+            "{}/v2/redirect/app/blobs/{digest}",
+            proxy.url_base()
+        ))
+        .basic_auth(registry.username(), Some(registry.password()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&proxy.storage_url_base()),
+        "{location}"
+    );
+    let leaked = no_redirects
+        .get(&location)
+        .basic_auth(registry.username(), Some(registry.password()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(leaked.bytes().await.unwrap(), blob);
+    assert!(proxy.storage_requests()[1].had_authorization);
+    // A signature serves once.
+    let replay = no_redirects.get(&location).send().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::FORBIDDEN);
 }

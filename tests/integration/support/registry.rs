@@ -210,29 +210,16 @@ impl TestRegistry {
     /// `{"auths":{"127.0.0.1:PORT":{"auth":base64(user:pass)}}}`, or `{"auths":{}}` for registries
     /// without auth.
     pub fn docker_config_json(&self) -> String {
-        let mut auths = serde_json::Map::new();
-        if self.requires_auth() {
-            let auth = STANDARD.encode(format!("{TEST_USERNAME}:{TEST_PASSWORD}"));
-            auths.insert(self.host(), serde_json::json!({ "auth": auth }));
-        }
-        serde_json::json!({ "auths": auths }).to_string()
+        DockerConfig::new().with_registry(self).json()
     }
 
     /// A Docker config whose entry carries the token server's identity token (Docker's
     /// `identitytoken`, used as an OAuth2 refresh token), as `docker login` stores it for
     /// registries that hand out identity tokens. Token registries only.
     pub fn docker_config_json_with_identity_token(&self) -> String {
-        let token_server = self
-            .token_server
-            .as_ref()
-            .expect("identity tokens need a Token registry");
-        let auth = STANDARD.encode(format!("{TEST_USERNAME}:"));
-        serde_json::json!({
-            "auths": {
-                self.host(): { "auth": auth, "identitytoken": token_server.identity_token() }
-            }
-        })
-        .to_string()
+        DockerConfig::new()
+            .with_identity_token(&self.host(), self)
+            .json()
     }
 
     /// A directory holding `config.json` = `docker_config_json()` (for `--docker-config`).
@@ -441,6 +428,62 @@ impl Drop for TestRegistry {
 enum LaunchFailure {
     PortTaken(String),
     Other(String),
+}
+
+/// One Docker `config.json` for several registries, and for proxies standing in for them: a copy
+/// between two auth registries needs both entries in one file.
+#[derive(Debug, Clone, Default)]
+pub struct DockerConfig {
+    auths: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DockerConfig {
+    pub fn new() -> DockerConfig {
+        DockerConfig::default()
+    }
+
+    /// An entry for `registry.host()` (nothing for registries without auth).
+    pub fn with_registry(self, registry: &TestRegistry) -> DockerConfig {
+        let host = registry.host();
+        self.with_host_as(&host, registry)
+    }
+
+    /// `registry`'s credentials under another key (a proxy's `host()`, `localhost:PORT`, a URL).
+    pub fn with_host_as(mut self, key: &str, registry: &TestRegistry) -> DockerConfig {
+        if registry.requires_auth() {
+            let auth = STANDARD.encode(format!("{TEST_USERNAME}:{TEST_PASSWORD}"));
+            self.auths
+                .insert(key.to_owned(), serde_json::json!({ "auth": auth }));
+        }
+        self
+    }
+
+    /// An identity-token entry (`auth` = base64("user:"), `identitytoken`) for a Token registry.
+    pub fn with_identity_token(mut self, key: &str, registry: &TestRegistry) -> DockerConfig {
+        let token_server = registry
+            .token_server()
+            .expect("identity tokens need a Token registry");
+        let auth = STANDARD.encode(format!("{TEST_USERNAME}:"));
+        self.auths.insert(
+            key.to_owned(),
+            serde_json::json!({ "auth": auth, "identitytoken": token_server.identity_token() }),
+        );
+        self
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::json!({ "auths": self.auths }).to_string()
+    }
+
+    /// A new temporary directory holding `config.json` (for `--docker-config` / `DOCKER_CONFIG`).
+    pub fn write_dir(&self) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("bundlecopy-docker-config-")
+            .tempdir()
+            .expect("create a docker config dir");
+        std::fs::write(dir.path().join("config.json"), self.json()).expect("write config.json");
+        dir
+    }
 }
 
 /// A port that was free a moment ago (the registry may still lose it to someone else: the
