@@ -173,9 +173,19 @@ pub fn load_docker_config(dir: Option<&Path>) -> Result<DockerConfig, CliError> 
     };
     let path = dir.join("config.json");
     match std::fs::read(&path) {
-        Ok(bytes) => DockerConfig::parse_config_json(&bytes).map_err(|e| CliError {
-            message: format!("Docker config {}: {e}", path.display()),
-        }),
+        Ok(bytes) => {
+            let config = DockerConfig::parse_config_json(&bytes).map_err(|e| CliError {
+                message: format!("Docker config {}: {e}", path.display()),
+            })?;
+            for helper in config.ignored_helpers() {
+                tracing::warn!(
+                    "Docker config {} names credential helper {helper:?}, which bundlecopy does not run; \
+                     put the credentials in `auths` instead",
+                    path.display()
+                );
+            }
+            Ok(config)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
         Err(e) => Err(CliError {
             message: format!("cannot read Docker config {}: {e}", path.display()),

@@ -627,10 +627,18 @@ impl BlobCopy<'_> {
                     self.src_repository,
                     self.dst_scope,
                 )
-                .await?
+                .await
             {
-                Mount::Mounted => return Ok(BlobAction::Mounted),
-                Mount::Upload(location) => location,
+                Ok(Mount::Mounted) => return Ok(BlobAction::Mounted),
+                Ok(Mount::Upload(location)) => location,
+                // Credentials that may push here but not read the source repository cannot
+                // mount: upload instead.
+                Err(CopyError::AuthenticationFailed { .. }) => {
+                    self.dst
+                        .start_upload(self.dst_repository, self.dst_scope)
+                        .await?
+                }
+                Err(e) => return Err(e),
             }
         } else {
             self.dst
