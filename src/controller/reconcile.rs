@@ -296,7 +296,9 @@ impl Run {
             destination: spec.destination.reference.clone(),
             source_endpoint,
             destination_endpoint,
-            force: spec.force,
+            // A moved source tag is only acted on after a HEAD showed the destination still holds
+            // our own last copy: replacing it is what `interval` asks for, not a clobber.
+            force: spec.force || cause == CopyCause::SourceMoved,
             settings: self.ctx.engine.clone(),
         };
         let progress = Progress::default();
@@ -315,8 +317,13 @@ impl Run {
             valid.destination,
             cause.describe()
         );
-        self.publish(EventType::Normal, event_reasons::COPY_STARTED, started_note)
-            .await;
+        self.publish(
+            EventType::Normal,
+            event_reasons::COPY_STARTED,
+            "Copy",
+            started_note,
+        )
+        .await;
         tracing::info!(cause = cause.describe(), "copy started");
 
         self.ctx.metrics.copies_in_flight.inc();
@@ -381,7 +388,7 @@ impl Run {
             )
         };
         tracing::info!(digest = %outcome.destination_digest, up_to_date = outcome.up_to_date, "copy finished");
-        self.publish(EventType::Normal, event_reasons::COPIED, note)
+        self.publish(EventType::Normal, event_reasons::COPIED, "Copy", note)
             .await;
         Ok(requeue(decide::requeue_after_success(
             valid.interval,
@@ -434,8 +441,13 @@ impl Run {
             != after.map(|c| (c.status, c.reason, c.message));
         if copy_attempted || ready_changed {
             let note = format!("{}: {}", failure.reason, failure.message);
-            self.publish(EventType::Warning, event_reasons::COPY_FAILED, note)
-                .await;
+            self.publish(
+                EventType::Warning,
+                event_reasons::COPY_FAILED,
+                failure.reason.as_str(),
+                note,
+            )
+            .await;
         }
         let wait = if failure.transient {
             let failures = self.ctx.count_failure(&self.key);
@@ -476,12 +488,14 @@ impl Run {
         Ok(())
     }
 
-    async fn publish(&self, type_: EventType, reason: &str, note: String) {
+    /// `action` is part of the Recorder's de-duplication key: repeats of one event within minutes
+    /// become one Event series (keeping the first note), so failures use their Ready reason here.
+    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
         let event = Event {
             type_,
             reason: reason.to_string(),
             note: Some(truncate(note, 1000)),
-            action: "Copy".to_string(),
+            action: action.to_string(),
             secondary: None,
         };
         if let Err(error) = self
@@ -574,7 +588,12 @@ mod tests {
 
     #[test]
     fn validation_resolves_the_destination_and_interval() {
-        let valid = validate(&spec("localhost:5001/examples/hello:v1", "localhost:5002/team", Some("10m"))).unwrap();
+        let valid = validate(&spec(
+            "localhost:5001/examples/hello:v1",
+            "localhost:5002/team",
+            Some("10m"),
+        ))
+        .unwrap();
         assert_eq!(valid.destination, "localhost:5002/team/hello:v1");
         assert!(!valid.source_is_digest);
         assert_eq!(valid.interval, Some(Duration::from_secs(600)));
@@ -588,15 +607,45 @@ mod tests {
     #[test]
     fn validation_names_the_field_at_fault() {
         let cases = [
-            (spec("Not A Reference", "localhost:5002/team", None), "spec.source.reference"),
-            (spec(&format!("localhost:5001/hello@sha256:{}", "a".repeat(64)), "localhost:5002/team", None), "spec.destination.reference"),
-            (spec("localhost:5001/hello:v1", "localhost:5001/hello:v1", None), "is the source itself"),
-            (spec("localhost:5001/hello:v1", "localhost:5002/team", Some("soon")), "spec.interval"),
-            (spec("localhost:5001/hello:v1", "localhost:5002/team", Some("10s")), "shorter than the minimum"),
+            (
+                spec("Not A Reference", "localhost:5002/team", None),
+                "spec.source.reference",
+            ),
+            (
+                spec(
+                    &format!("localhost:5001/hello@sha256:{}", "a".repeat(64)),
+                    "localhost:5002/team",
+                    None,
+                ),
+                "spec.destination.reference",
+            ),
+            (
+                spec("localhost:5001/hello:v1", "localhost:5001/hello:v1", None),
+                "is the source itself",
+            ),
+            (
+                spec(
+                    "localhost:5001/hello:v1",
+                    "localhost:5002/team",
+                    Some("soon"),
+                ),
+                "spec.interval",
+            ),
+            (
+                spec(
+                    "localhost:5001/hello:v1",
+                    "localhost:5002/team",
+                    Some("10s"),
+                ),
+                "shorter than the minimum",
+            ),
         ];
         for (spec, expected) in cases {
             let message = validate(&spec).unwrap_err();
-            assert!(message.contains(expected), "{expected:?} not in {message:?}");
+            assert!(
+                message.contains(expected),
+                "{expected:?} not in {message:?}"
+            );
         }
     }
 

@@ -119,7 +119,8 @@ pub fn next_status(
             ));
             next.source_digest = Some(outcome.source_digest.clone());
             // The resolved destination of the spec stays the key that later reconciles compare.
-            next.destination.get_or_insert_with(|| outcome.destination.clone());
+            next.destination
+                .get_or_insert_with(|| outcome.destination.clone());
             next.destination_digest = Some(outcome.destination_digest.clone());
             next.short_digest = Some(short_digest(&outcome.destination_digest));
             next.bundle = Some(BundleIdentity {

@@ -5,3 +5,4 @@ mod support;
 
 mod copy;
 mod harness_smoke;
+mod controller;
