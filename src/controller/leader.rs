@@ -250,3 +250,199 @@ async fn give_up(api: &Api<Lease>, settings: &LeaseSettings) {
         Err(error) => tracing::warn!(%error, "could not release the lease; it expires on its own"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::Handle;
+
+    fn settings(duration: Duration) -> LeaseSettings {
+        LeaseSettings {
+            name: "bundlecopy-operator".into(),
+            namespace: "ops".into(),
+            identity: "me".into(),
+            duration,
+            renew_every: Duration::from_millis(10),
+            retry_every: Duration::from_millis(10),
+        }
+    }
+
+    fn lease(holder: &str, renewed: &str, transitions: i32) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "bundlecopy-operator", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": renewed, "leaseTransitions": transitions},
+        })
+    }
+
+    async fn answer(
+        handle: &mut Handle<Request<Body>, Response<Body>>,
+        method: Method,
+        status: u16,
+        body: Value,
+    ) -> Value {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method(), method, "{}", request.uri());
+        assert!(
+            request
+                .uri()
+                .path()
+                .ends_with("/namespaces/ops/leases/bundlecopy-operator")
+                || method == Method::POST,
+            "{}",
+            request.uri()
+        );
+        let sent = request.into_body().collect_bytes().await.unwrap();
+        let sent: Value = if sent.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&sent).unwrap()
+        };
+        let reply = if status >= 400 {
+            let reason = if status == 404 {
+                "NotFound"
+            } else {
+                "Conflict"
+            };
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status, "reason": reason, "message": "x"})
+        } else {
+            body
+        };
+        respond.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        sent
+    }
+
+    fn api() -> (Api<Lease>, Handle<Request<Body>, Response<Body>>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Api::namespaced(Client::new(service, "ops"), "ops"), handle)
+    }
+
+    fn fresh() -> Observation {
+        Observation {
+            record: None,
+            changed_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_absent_lease_is_created_with_us_as_holder() {
+        let (api, mut handle) = api();
+        let settings = settings(Duration::from_secs(15));
+        let attempt = tokio::spawn(async move {
+            try_hold(&api, &settings, &mut fresh())
+                .await
+                .map(|a| matches!(a, Attempt::Held))
+        });
+        answer(&mut handle, Method::GET, 404, Value::Null).await;
+        let created = answer(
+            &mut handle,
+            Method::POST,
+            201,
+            lease("me", "2026-01-01T00:00:00.000000Z", 0),
+        )
+        .await;
+        assert_eq!(created["spec"]["holderIdentity"], "me");
+        assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+        assert!(attempt.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_is_left_alone_until_it_goes_stale() {
+        let (api, mut handle) = api();
+        let settings = settings(Duration::from_millis(200));
+        let task = tokio::spawn(async move {
+            let mut observed = fresh();
+            let first = try_hold(&api, &settings, &mut observed).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let second = try_hold(&api, &settings, &mut observed).await.unwrap();
+            (
+                matches!(first, Attempt::HeldByOther(ref h) if h == "them"),
+                matches!(second, Attempt::Held),
+            )
+        });
+        // First look: held by "them", just seen: no write.
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:00.000000Z", 3),
+        )
+        .await;
+        // Same record after the lease duration: taken over with a PUT carrying the resourceVersion.
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:00.000000Z", 3),
+        )
+        .await;
+        let replaced = answer(
+            &mut handle,
+            Method::PUT,
+            200,
+            lease("me", "2026-01-01T00:01:00.000000Z", 4),
+        )
+        .await;
+        assert_eq!(replaced["spec"]["holderIdentity"], "me");
+        assert_eq!(replaced["spec"]["leaseTransitions"], 4);
+        assert_eq!(replaced["metadata"]["resourceVersion"], "7");
+        assert_eq!(task.await.unwrap(), (true, true));
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_take_over_loses_on_conflict() {
+        let (api, mut handle) = api();
+        let settings = settings(Duration::ZERO);
+        let attempt = tokio::spawn(async move {
+            try_hold(&api, &settings, &mut fresh())
+                .await
+                .map(|a| matches!(a, Attempt::HeldByOther(_)))
+        });
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:00.000000Z", 1),
+        )
+        .await;
+        answer(&mut handle, Method::PUT, 409, Value::Null).await;
+        assert!(attempt.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn our_own_lease_is_renewed_without_a_transition() {
+        let (api, mut handle) = api();
+        let settings = settings(Duration::from_secs(15));
+        let attempt = tokio::spawn(async move {
+            try_hold(&api, &settings, &mut fresh())
+                .await
+                .map(|a| matches!(a, Attempt::Held))
+        });
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("me", "2026-01-01T00:00:00.000000Z", 2),
+        )
+        .await;
+        let renewed = answer(
+            &mut handle,
+            Method::PUT,
+            200,
+            lease("me", "2026-01-01T00:00:05.000000Z", 2),
+        )
+        .await;
+        assert_eq!(renewed["spec"]["leaseTransitions"], 2);
+        assert_ne!(renewed["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z");
+        assert!(attempt.await.unwrap().unwrap());
+    }
+}

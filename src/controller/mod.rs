@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -371,16 +371,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let Some(elected) = elected else {
             return Ok(());
         };
-        // Losing the lease stops reconciling at once: it triggers the same shutdown.
-        let lost = elected.lost();
-        let lost_sender = shutdown_sender.clone();
-        tokio::spawn(async move {
-            lost.await;
-            tracing::error!("leadership lost; stopping");
-            let _ = lost_sender.send(true);
-        });
         leadership = Some(elected);
     }
+    // Losing the lease must stop reconciling at once, running copies included.
+    let lease_lost = match &leadership {
+        Some(elected) => elected.lost().boxed(),
+        None => std::future::pending().boxed(),
+    };
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -405,13 +402,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     });
     tracing::info!(namespaces = ?args.namespaces, "controller started");
     readiness.set(true);
-    futures_util::stream::select_all(controllers)
-        .for_each(|()| async {})
-        .await;
+    let lost = tokio::select! {
+        () = futures_util::stream::select_all(controllers).for_each(|()| async {}) => false,
+        () = lease_lost => true,
+    };
+    // With the lease lost, the controller streams were dropped above, which aborts their
+    // reconciles.
     readiness.set(false);
     let _ = shutdown_sender.send(true);
     if let Some(elected) = leadership {
         elected.release().await;
+    }
+    if lost {
+        let _ = server.await;
+        anyhow::bail!(
+            "lost the leader Lease; stopped reconciling (a restart rejoins as a standby)"
+        );
     }
     match server.await {
         Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,

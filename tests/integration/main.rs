@@ -6,3 +6,4 @@ mod support;
 mod copy;
 mod harness_smoke;
 mod controller;
+mod e2e;
