@@ -232,21 +232,22 @@ pub fn refers_to_secret(bundle: &BundleCopy, secret: &str) -> bool {
 /// One controller: BundleCopies of one namespace (or all), re-triggered by their Secrets.
 /// Status-only changes do not trigger it (generation predicate): our own status writes would
 /// otherwise bypass the backoff after a failure.
-fn controller_for(
-    client: &Client,
-    namespace: Option<&str>,
+pub fn controller_stream(
+    client: Client,
+    namespace: Option<String>,
     ctx: Arc<Context>,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl futures_util::Stream<Item = ()> + Send {
     // Secrets are watched by metadata only: their data is never needed to map them.
-    let (bundles, secrets): (Api<BundleCopy>, Api<PartialObjectMeta<Secret>>) = match namespace {
-        Some(namespace) => (
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client.clone(), namespace),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (bundles, secrets): (Api<BundleCopy>, Api<PartialObjectMeta<Secret>>) =
+        match namespace.as_deref() {
+            Some(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let (reader, writer) = reflector::store();
     let bundle_stream = watcher(bundles, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -257,7 +258,7 @@ fn controller_for(
         .default_backoff()
         .touched_objects();
     let store = reader.clone();
-    let scope = namespace.unwrap_or("all namespaces").to_string();
+    let scope = namespace.unwrap_or_else(|| "all namespaces".to_string());
     Controller::for_stream(bundle_stream, reader)
         .watches_stream(secret_stream, move |secret| {
             bundle_copies_using(&store, &secret)
@@ -391,9 +392,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         args.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
     let controllers = scopes.into_iter().map(|namespace| {
-        controller_for(
-            &client,
-            namespace,
+        controller_stream(
+            client.clone(),
+            namespace.map(str::to_string),
             ctx.clone(),
             args.max_concurrent_copies,
             until_set(shutdown_receiver.clone()),

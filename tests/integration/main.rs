@@ -7,3 +7,4 @@ mod copy;
 mod harness_smoke;
 mod controller;
 mod e2e;
+mod controller_loop;
