@@ -349,8 +349,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let signal_sender = shutdown_sender.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing running reconciles");
+        tracing::info!(
+            "shutdown requested; finishing running copies (signal again to stop at once)"
+        );
         let _ = signal_sender.send(true);
+        shutdown_signal().await;
+        tracing::warn!("second signal: stopping without waiting for running copies");
+        std::process::exit(130);
     });
 
     let server = tokio::spawn(crate::http::serve(

@@ -333,6 +333,8 @@ impl Run {
             tokio::pin!(copy);
             let every = self.ctx.progress_every;
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // A slow API server must not cause a burst of catch-up patches.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     result = &mut copy => break result,

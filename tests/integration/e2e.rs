@@ -581,7 +581,8 @@ async fn wait_for_ready(
             let current = object.status.as_ref().and_then(|status| {
                 let ready = status.condition("Ready")?;
                 let observed = ready.observed_generation.or(status.observed_generation);
-                (observed >= generation && wanted(&ready.status)).then_some(())
+                (observed.is_some() && observed == generation && wanted(&ready.status))
+                    .then_some(())
             });
             if current.is_some() {
                 return object;
