@@ -3,8 +3,8 @@
 
 mod support;
 
-mod copy;
-mod harness_smoke;
 mod controller;
-mod e2e;
 mod controller_loop;
+mod copy;
+mod e2e;
+mod harness_smoke;
