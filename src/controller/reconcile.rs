@@ -29,6 +29,9 @@ pub mod event_reasons {
     pub const COPY_FAILED: &str = "CopyFailed";
 }
 
+/// Longest condition message written.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// Shortest interval honoured, whatever the API server let through.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -427,6 +430,11 @@ impl Run {
         failure: Failure,
         copy_attempted: bool,
     ) -> Result<Action, Error> {
+        // Condition messages are bounded by the API; keep well inside it.
+        let failure = Failure {
+            message: truncate(failure.message, MAX_MESSAGE_BYTES),
+            ..failure
+        };
         self.ctx.metrics.record_failure(failure.reason);
         let before = self.current.condition(condition_types::READY).cloned();
         self.write(
