@@ -477,6 +477,40 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--max-concurrent-copies", "0"]).is_err());
     }
 
+    #[tokio::test]
+    async fn bad_startup_settings_are_refused_with_the_flag_named() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["x", "--metrics-addr", "127.0.0.1:0"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        let error = run(args(&["--log-level", "info,[broken"]))
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("--log-level"), "{error:#}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let error = run(args(&["--extra-ca-file", garbage.to_str().unwrap()]))
+            .await
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--extra-ca-file") && message.contains("no PEM certificate"),
+            "{message}"
+        );
+
+        let missing = dir.path().join("absent.pem");
+        let error = run(args(&["--extra-ca-file", missing.to_str().unwrap()]))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("reading --extra-ca-file"),
+            "{error:#}"
+        );
+    }
+
     fn bundle(namespace: &str, source_secret: &str, ca: Option<&str>) -> BundleCopy {
         let mut bundle: BundleCopy = serde_json::from_value(serde_json::json!({
             "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",

@@ -687,3 +687,65 @@ async fn create_namespace(client: &Client, name: &str) {
         .await
         .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
 }
+
+/// The Secrets the e2e suite fills in are what the controller accepts, and the wrong-password
+/// variant really carries another password. Runs without a cluster.
+#[tokio::test]
+async fn e2e_filled_secrets_are_usable() {
+    let (plain, tls, auth) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::Tls),
+        TestRegistry::start(RegistryKind::TlsBasicAuth)
+    );
+    let registries = Registries { plain, tls, auth };
+    let as_secret = |document: &Value| -> Secret {
+        // The API server turns stringData into data; do the same.
+        let mut secret: Secret = serde_json::from_value(document.clone()).unwrap();
+        let string_data = secret.string_data.take().unwrap_or_default();
+        secret.data = Some(
+            string_data
+                .into_iter()
+                .map(|(key, value)| (key, k8s_openapi::ByteString(value.into_bytes())))
+                .collect(),
+        );
+        secret
+    };
+    for password in [None, Some("not-the-password")] {
+        let mut documents = example_documents("authenticated.yaml", &registries.hosts(), "ns");
+        for document in &mut documents {
+            fill_secret(document, &registries, password);
+        }
+        let push = documents
+            .iter()
+            .find(|d| d["metadata"]["name"] == "registry-push")
+            .unwrap();
+        let config =
+            bundlecopy::controller::secrets::registry_credentials(&as_secret(push), "test")
+                .unwrap();
+        let found = config.lookup(&registries.auth.host(), "team/hello");
+        assert_eq!(found.len(), 1, "{password:?}");
+        let shown = format!("{:?}", push["stringData"][".dockerconfigjson"]);
+        assert_eq!(
+            shown.contains(&base64_auth(TEST_PASSWORD)),
+            password.is_none(),
+            "{shown}"
+        );
+        let ca = documents
+            .iter()
+            .find(|d| d["metadata"]["name"] == "registry-ca")
+            .unwrap();
+        let pem =
+            bundlecopy::controller::secrets::ca_certificates(&as_secret(ca), "ca.crt", "test")
+                .unwrap();
+        assert_eq!(pem, registries.tls.ca_pem().unwrap().as_bytes());
+        let copy = documents
+            .iter()
+            .find(|d| d["kind"] == "BundleCopy")
+            .unwrap();
+        assert_eq!(
+            copy["spec"]["destination"]["reference"],
+            format!("{}/team/hello:v1", registries.auth.host())
+        );
+        assert_eq!(copy["metadata"]["namespace"], "ns");
+    }
+}
