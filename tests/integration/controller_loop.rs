@@ -218,14 +218,18 @@ async fn controller_loop_reconciles_on_spec_and_secret_changes_only() {
         engine,
         2,
     ));
+    let (shutdown, mut shutdown_requested) = tokio::sync::watch::channel(false);
+    let shutdown_future = async move {
+        let _ = shutdown_requested.wait_for(|requested| *requested).await;
+    };
     let controller = controller_stream(
         client.clone(),
         Some(NAMESPACE.to_string()),
         context,
         2,
-        std::future::pending(),
+        shutdown_future,
     );
-    let driver = tokio::spawn(controller.for_each(|()| async {}));
+    let mut driver = tokio::spawn(controller.for_each(|()| async {}));
     let mut api = FakeApiServer {
         handle,
         bundle_copies: vec![bundle_copy(1, "11", &registry, None)],
@@ -321,6 +325,26 @@ async fn controller_loop_reconciles_on_spec_and_secret_changes_only() {
         StatusCode::OK,
         &bundle_copy(2, "18", &registry, Some(&patch.body["status"])),
     ));
+    // The same failure as at first: the Recorder counts it in the first Event's series.
+    let (repeat, respond) = api.expect_call(Method::PATCH, "").await;
+    assert!(repeat.path.contains("/events/hello."), "{}", repeat.path);
+    assert_eq!(repeat.body["series"]["count"], 2);
+    respond.send_response(full(StatusCode::OK, &repeat.body));
 
-    driver.abort();
+    // Graceful shutdown: the stream ends although a retry is scheduled minutes ahead.
+    shutdown.send(true).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                result = &mut driver => break result,
+                // Keep serving: the watches may be re-established while shutting down.
+                _ = api.next_call(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the controller did not stop after the shutdown signal"
+    );
 }
