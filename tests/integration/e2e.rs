@@ -347,32 +347,39 @@ async fn e2e_examples_on_a_real_cluster() {
     let namespace = unique_namespace();
     create_namespace(&client, &namespace).await;
     let log_dir = tempfile::tempdir().unwrap();
-    let mut controller = ControllerProcess::start(&namespace, log_dir.path());
+    let mut controller: Option<ControllerProcess> = None;
 
     let outcome = AssertUnwindSafe(async {
-        controller.wait_ready().await;
-        run_examples(&client, &namespace, &registries, &pushed, &controller).await;
+        let started = controller.insert(ControllerProcess::start(&namespace, log_dir.path()));
+        started.wait_ready().await;
+        run_examples(&client, &namespace, &registries, &pushed, started).await;
     })
     .catch_unwind()
     .await;
 
     // Clean up whatever happened: the controller first (it would react to the deletion), then
     // the namespace with everything in it. The CRD stays: other resources may use it.
-    let graceful = controller.stop().await;
+    let graceful = match controller.as_mut() {
+        Some(controller) => controller.stop().await,
+        None => false,
+    };
     if let Err(error) = Api::<Namespace>::all(client.clone())
         .delete(&namespace, &DeleteParams::background())
         .await
     {
         eprintln!("could not delete namespace {namespace}: {error}");
     }
+    let log_tail = controller
+        .as_ref()
+        .map(ControllerProcess::log_tail)
+        .unwrap_or_default();
     if let Err(panic) = outcome {
-        eprintln!("controller log (last lines):\n{}", controller.log_tail());
+        eprintln!("controller log (last lines):\n{log_tail}");
         std::panic::resume_unwind(panic);
     }
     assert!(
         graceful,
-        "the controller did not exit cleanly on SIGTERM:\n{}",
-        controller.log_tail()
+        "the controller did not exit cleanly on SIGTERM:\n{log_tail}"
     );
 }
 
