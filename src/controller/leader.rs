@@ -445,4 +445,72 @@ mod tests {
         assert_ne!(renewed["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z");
         assert!(attempt.await.unwrap().unwrap());
     }
+
+    #[tokio::test]
+    async fn leadership_ends_when_another_replica_takes_the_lease() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ops");
+        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15))));
+        answer(&mut handle, Method::GET, 404, Value::Null).await;
+        answer(
+            &mut handle,
+            Method::POST,
+            201,
+            lease("me", "2026-01-01T00:00:00.000000Z", 0),
+        )
+        .await;
+        let leadership = acquiring.await.unwrap().unwrap();
+        // The next renewal finds another holder (an operator edited it, or our lease lapsed).
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:09.000000Z", 1),
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(5), leadership.lost())
+            .await
+            .expect("leadership is reported lost");
+    }
+
+    #[tokio::test]
+    async fn release_clears_the_holder() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ops");
+        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15))));
+        answer(&mut handle, Method::GET, 404, Value::Null).await;
+        answer(
+            &mut handle,
+            Method::POST,
+            201,
+            lease("me", "2026-01-01T00:00:00.000000Z", 0),
+        )
+        .await;
+        let leadership = acquiring.await.unwrap().unwrap();
+        let releasing = tokio::spawn(leadership.release());
+        // Renewals may come first; the release is the PUT without a holder.
+        loop {
+            let (request, respond) = handle.next_request().await.expect("a request");
+            let method = request.method().clone();
+            let sent = request.into_body().collect_bytes().await.unwrap();
+            let reply = if method == Method::GET {
+                lease("me", "2026-01-01T00:00:00.000000Z", 0)
+            } else {
+                serde_json::from_slice(&sent).unwrap()
+            };
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+            if method == Method::PUT
+                && reply["spec"]
+                    .get("holderIdentity")
+                    .is_none_or(Value::is_null)
+            {
+                break;
+            }
+        }
+        releasing.await.unwrap();
+    }
 }
