@@ -108,6 +108,9 @@ pub enum Error {
     ShuttingDown,
 }
 
+/// Objects whose backoff and source-check times are remembered.
+const MAX_REMEMBERED_OBJECTS: usize = 10_000;
+
 /// Per-object memory that does not belong in the status.
 #[derive(Debug, Default, Clone)]
 struct ObjectMemory {
@@ -158,6 +161,11 @@ impl Context {
             .memory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Entries of deleted objects are never removed one by one; bound the map instead (losing
+        // a backoff count or a check time only costs one early retry or one extra HEAD).
+        if memory.len() >= MAX_REMEMBERED_OBJECTS && !memory.contains_key(key) {
+            memory.clear();
+        }
         f(memory.entry(key.to_string()).or_default())
     }
 
