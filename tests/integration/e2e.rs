@@ -131,6 +131,15 @@ fn e2e_examples_are_valid_resources() {
     }
 }
 
+/// What the suite applies as the CRD parses into the CRD the code generates.
+#[test]
+fn e2e_committed_crd_is_the_generated_one() {
+    use kube::CustomResourceExt;
+    let text = std::fs::read_to_string(CRD_FILE).unwrap();
+    let committed: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(committed, BundleCopy::crd());
+}
+
 fn copy_secret_names(spec: &BundleCopySpec) -> Vec<String> {
     [&spec.source, &spec.destination]
         .iter()
