@@ -1,6 +1,5 @@
 //! `/healthz`, `/readyz` and `/metrics` on one port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -58,14 +57,14 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Binds `addr` and serves until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves. Binding is left to the caller so that a
+/// port already in use stops the program at start-up.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, router(metrics, readiness))
         .with_graceful_shutdown(shutdown)
@@ -87,14 +86,18 @@ mod tests {
         response
     }
 
+    use std::net::SocketAddr;
+
     #[tokio::test]
     async fn endpoints_answer() {
         let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(metrics.clone(), readiness.clone());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), readiness.clone(), async {
+            let _ = stopped.await;
+        }));
 
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
@@ -107,6 +110,11 @@ mod tests {
             "{scraped}"
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
-        server.abort();
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "the server stops on shutdown"
+        );
     }
 }

@@ -366,8 +366,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
 
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     let server = tokio::spawn(crate::http::serve(
-        args.metrics_addr,
+        listener,
         metrics.clone(),
         readiness.clone(),
         until_set(shutdown_receiver.clone()),
