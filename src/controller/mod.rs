@@ -290,8 +290,10 @@ fn init_logging(args: &ControllerArgs) -> anyhow::Result<()> {
             args.log_level
         )
     })?;
+    // Colours only on a terminal: container logs and files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // Another part of the program may already have installed a subscriber; keep it.
     let _ = match args.log_format {

@@ -5,6 +5,7 @@ mod support;
 
 mod controller;
 mod controller_loop;
+mod controller_run;
 mod copy;
 mod e2e;
 mod harness_smoke;

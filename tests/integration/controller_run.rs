@@ -1,0 +1,372 @@
+//! `controller::run` as a process, the way `bundlecopy controller` runs it: a kubeconfig pointing
+//! at a small fake API server on loopback (real HTTP), leader election on, real registries
+//! behind the copy, SIGTERM at the end. The test re-runs its own binary with one test selected
+//! (`controller_run_child`) so that the child has its own signal handlers and environment.
+//! `cargo test --test integration controller_run`
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use bundlecopy::controller::ControllerArgs;
+
+use crate::support::process::spawn_tied_to_test_process;
+use crate::support::registry::free_port;
+use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};
+
+const NAMESPACE: &str = "bc-run";
+const CHILD_ENV: &str = "BUNDLECOPY_TEST_CONTROLLER_ARGS";
+
+#[derive(Parser)]
+struct ChildCli {
+    #[command(flatten)]
+    args: ControllerArgs,
+}
+
+/// Runs only when the parent test starts this binary with `CHILD_ENV` set: the controller itself.
+#[tokio::test]
+async fn controller_run_child() {
+    let Ok(argv) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let argv: Vec<String> = serde_json::from_str(&argv).unwrap();
+    let cli =
+        ChildCli::try_parse_from(std::iter::once("controller".to_string()).chain(argv)).unwrap();
+    bundlecopy::controller::run(cli.args)
+        .await
+        .expect("the controller ends cleanly");
+}
+
+/// What the fake API server holds and saw.
+#[derive(Default)]
+struct ApiState {
+    bundle_copy: Value,
+    lease: Option<Value>,
+    status_patches: Vec<Value>,
+    events: Vec<Value>,
+    lease_writes: Vec<Value>,
+    unexpected: Vec<String>,
+}
+
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed_unsync())
+        .unwrap()
+}
+
+fn not_found(what: &str) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                "code": 404, "message": format!("{what} not found")}),
+    )
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    state: Arc<Mutex<ApiState>>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let watching = query.contains("watch=true") || query.contains("watch=1");
+    let mut state = state.lock().unwrap();
+
+    let bundle_copies =
+        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies");
+    let secrets = format!("/api/v1/namespaces/{NAMESPACE}/secrets");
+    let events = format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events");
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases");
+    let lease = format!("{leases}/bundlecopy-operator");
+
+    let response = match (method.clone(), path.as_str()) {
+        (Method::GET, p) if (p == bundle_copies || p == secrets) && watching => {
+            // A watch that stays open and quiet: nothing changes in this test's cluster.
+            let quiet = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(StreamBody::new(quiet).boxed_unsync())
+                .unwrap()
+        }
+        (Method::GET, p) if p == bundle_copies => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
+                    "metadata": {"resourceVersion": "100"}, "items": [state.bundle_copy]}),
+        ),
+        (Method::GET, p) if p == secrets => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": "100"}, "items": []}),
+        ),
+        (Method::PATCH, p) if p == format!("{bundle_copies}/hello/status") => {
+            state.status_patches.push(body.clone());
+            state.bundle_copy["status"] = body["status"].clone();
+            json_response(StatusCode::OK, &state.bundle_copy)
+        }
+        (Method::POST, p) if p == events => {
+            state.events.push(body.clone());
+            json_response(StatusCode::CREATED, &body)
+        }
+        (Method::PATCH, p) if p.starts_with(&format!("{events}/")) => {
+            state.events.push(body.clone());
+            json_response(StatusCode::OK, &body)
+        }
+        (Method::GET, p) if p == lease => match &state.lease {
+            Some(current) => json_response(StatusCode::OK, current),
+            None => not_found("leases \"bundlecopy-operator\""),
+        },
+        (Method::POST, p) if p == leases => {
+            let mut created = body.clone();
+            created["metadata"]["resourceVersion"] = json!("1");
+            state.lease = Some(created.clone());
+            state.lease_writes.push(body.clone());
+            json_response(StatusCode::CREATED, &created)
+        }
+        (Method::PUT, p) if p == lease => {
+            let version: u64 = state
+                .lease
+                .as_ref()
+                .and_then(|l| l["metadata"]["resourceVersion"].as_str()?.parse().ok())
+                .unwrap_or(0);
+            let mut written = body.clone();
+            written["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+            state.lease = Some(written.clone());
+            state.lease_writes.push(body.clone());
+            json_response(StatusCode::OK, &written)
+        }
+        _ => {
+            state.unexpected.push(format!("{method} {path}?{query}"));
+            not_found(&path)
+        }
+    };
+    Ok(response)
+}
+
+async fn start_fake_api_server(state: Arc<Mutex<ApiState>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request| handle(request, state.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+fn write_kubeconfig(dir: &Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NAMESPACE}\n\
+         current-context: fake\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn controller_run_copies_and_stops_on_sigterm() {
+    let (source, destination) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::Plain)
+    );
+    let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
+    let state = Arc::new(Mutex::new(ApiState {
+        bundle_copy: json!({
+            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+            "metadata": {"name": "hello", "namespace": NAMESPACE, "uid": "7e57c0de-0000-4000-8000-000000000003",
+                         "generation": 1, "resourceVersion": "100"},
+            "spec": {"source": {"reference": pushed.reference},
+                     "destination": {"reference": format!("{}/mirror", destination.host())}},
+        }),
+        ..Default::default()
+    }));
+    let server = start_fake_api_server(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let args = json!([
+        "--namespace",
+        NAMESPACE,
+        "--metrics-addr",
+        metrics_addr,
+        "--log-level",
+        "info,bundlecopy=debug",
+        "--leader-election",
+        "--leader-election-namespace",
+        NAMESPACE,
+        "--leader-election-identity",
+        "child-1",
+    ]);
+    let log_path = dir.path().join("controller.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "controller_run::controller_run_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, args.to_string())
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut child = spawn_tied_to_test_process(command).unwrap();
+    let log_tail = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Ready once it leads; then the listed BundleCopy is copied.
+    let ready_url = format!("http://{metrics_addr}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the controller exited early ({status}):\n{}", log_tail());
+        }
+        if reqwest::get(&ready_url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready within 60 s:\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let copied = || {
+        let state = state.lock().unwrap();
+        state.status_patches.iter().any(|patch| {
+            patch["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !copied() {
+        assert!(
+            Instant::now() < deadline,
+            "no Ready status within 60 s:\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_bundle_copied(
+        &source,
+        "hello",
+        &destination,
+        "mirror/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bundlecopy_copy_duration_seconds_count 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a clean exit, and the lease is handed back.
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no exit within 20 s of SIGTERM:\n{}", log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit {status}:\n{}", log_tail());
+
+    let state = state.lock().unwrap();
+    assert!(
+        state.unexpected.is_empty(),
+        "unexpected requests: {:?}",
+        state.unexpected
+    );
+    let reasons: Vec<&str> = state
+        .events
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["CopyStarted", "Copied"]);
+    let first = &state.lease_writes[0];
+    assert_eq!(first["spec"]["holderIdentity"], "child-1");
+    let last = state.lease_writes.last().unwrap();
+    assert!(
+        last["spec"]
+            .get("holderIdentity")
+            .is_none_or(Value::is_null),
+        "the lease was released: {last}"
+    );
+    let by_type: BTreeMap<&str, usize> =
+        state
+            .status_patches
+            .iter()
+            .fold(BTreeMap::new(), |mut counts, patch| {
+                *counts
+                    .entry(
+                        if patch["status"]["conditions"]
+                            .to_string()
+                            .contains("\"Copying\"")
+                        {
+                            "copying"
+                        } else {
+                            "done"
+                        },
+                    )
+                    .or_default() += 1;
+                counts
+            });
+    assert_eq!(by_type.get("done"), Some(&1), "{:?}", state.status_patches);
+}
