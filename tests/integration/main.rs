@@ -3,5 +3,8 @@
 
 mod support;
 
+mod bad_input;
 mod copy;
+mod faults;
 mod harness_smoke;
+mod security;
