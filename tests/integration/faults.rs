@@ -367,7 +367,7 @@ async fn faults_429_retry_after_is_honoured_and_reported_when_it_persists() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn faults_bursts_of_5xx_on_both_sides_are_retried() {
+async fn faults_bursts_of_5xx_and_a_dropped_upload_are_retried() {
     let src = TestRegistry::start(RegistryKind::Plain).await;
     let dst = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(&src, "faults/app", "v1", &faulty_bundle()).await;
@@ -403,6 +403,13 @@ async fn faults_bursts_of_5xx_on_both_sides_are_retried() {
             .kind(PathKind::Upload)
             .times(2),
     );
+    // A connection dropped while a blob is being uploaded.
+    dst_proxy.add_rule(
+        Rule::new(Fault::Disconnect)
+            .method(Method::PUT)
+            .kind(PathKind::Upload)
+            .once(),
+    );
     dst_proxy.add_rule(
         Rule::new(Fault::status(503))
             .method(Method::PUT)
@@ -428,13 +435,13 @@ async fn faults_bursts_of_5xx_on_both_sides_are_retried() {
             .iter()
             .chain(dst_proxy.remaining_rule_counts().iter())
             .all(|left| *left == Some(0)),
-        "some 5xx were never injected: source {:?}, destination {:?}",
+        "some faults were never injected: source {:?}, destination {:?}",
         src_proxy.remaining_rule_counts(),
         dst_proxy.remaining_rule_counts()
     );
     assert_eq!(
         src_proxy.faults_injected() + dst_proxy.faults_injected(),
-        13
+        14
     );
     assert_bundle_copied(
         &src,
@@ -479,15 +486,31 @@ async fn faults_stalled_responses_time_out_instead_of_hanging() {
             .path_contains(&big),
             "stalled-body",
         ),
+        (
+            "a destination that never answers an upload",
+            Rule::new(Fault::Stall {
+                duration: Duration::from_secs(300),
+            })
+            .method(Method::PUT)
+            .kind(PathKind::Upload),
+            "stalled-upload",
+        ),
     ];
+    // Source faults go to the source proxy, upload faults to the destination's.
+    let dst_proxy = FaultProxy::start(&dst);
     for (what, rule, repo) in stalls {
         proxy.clear_rules();
-        proxy.add_rule(rule);
+        dst_proxy.clear_rules();
+        if rule.kind == Some(PathKind::Upload) {
+            dst_proxy.add_rule(rule);
+        } else {
+            proxy.add_rule(rule);
+        }
         let request = copy_request(
             format!("{}/faults/app:v1", proxy.host()),
-            format!("{}/{repo}:v1", dst.host()),
+            format!("{}/{repo}:v1", dst_proxy.host()),
             proxied(&proxy, &src),
-            direct(&dst),
+            proxied(&dst_proxy, &dst),
             settings.clone(),
         );
         let started = Instant::now();
