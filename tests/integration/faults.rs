@@ -586,6 +586,33 @@ async fn faults_wrong_or_short_bytes_are_a_digest_mismatch_and_nothing_reference
         assert_nothing_references(&src, &pushed, &dst, repo, blob).await;
     }
 
+    // Overwriting (force) a tag that holds another bundle: after the failure the tag still
+    // points at the old bundle.
+    let old = push_bundle(&dst, "forced", "v1", &faulty_bundle().with_seed(2)).await;
+    assert_ne!(old.index_digest, pushed.index_digest);
+    proxy.clear_rules();
+    proxy.add_rule(
+        Rule::new(Fault::Corrupt { at: 1 })
+            .method(Method::GET)
+            .path_contains(&big),
+    );
+    let mut request = copy_request(
+        format!("{}/faults/app:v1", proxy.host()),
+        format!("{}/forced:v1", dst.host()),
+        proxied(&proxy, &src),
+        direct(&dst),
+        fast_settings(),
+    );
+    request.force = true;
+    let error = run_copy(&request, &Progress::default()).await.unwrap_err();
+    assert_eq!(error.reason(), Reason::DigestMismatch, "{error}");
+    let (_, tag_digest, _) = dst.client().head_manifest("forced", "v1").await.unwrap();
+    assert_eq!(
+        tag_digest, old.index_digest,
+        "the failed copy moved the tag"
+    );
+    assert_nothing_references(&src, &pushed, &dst, "forced", &big).await;
+
     // A manifest whose bytes do not match the digest its parent names.
     let (image_manifest, _) = pushed
         .manifests
