@@ -3,8 +3,11 @@
 
 mod support;
 
+mod bad_input;
 mod controller;
 mod controller_loop;
 mod copy;
 mod e2e;
+mod faults;
 mod harness_smoke;
+mod security;
