@@ -1062,3 +1062,50 @@ fn notes_show_how_to_create_and_watch_a_bundle_copy() {
         );
     }
 }
+
+fn leaf_paths(value: &Value, prefix: &str, paths: &mut Vec<String>) {
+    match value.as_mapping() {
+        Some(mapping) if !mapping.is_empty() => {
+            for (key, child) in mapping {
+                let key = key.as_str().expect("values keys are strings");
+                let path = if prefix.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, paths);
+            }
+        }
+        _ => paths.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn install_docs_describe_every_value() {
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(CHART_DIR).join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/install.md"))
+            .expect("docs/install.md");
+    let mut paths = Vec::new();
+    leaf_paths(&values, "", &mut paths);
+    assert!(
+        paths.len() > 20,
+        "values.yaml has more values than {paths:?}"
+    );
+    // A value is documented in a table row of its own, or by its parent (e.g. `resources` as a whole).
+    let undocumented: Vec<&String> = paths
+        .iter()
+        .filter(|path| {
+            let segments: Vec<&str> = path.split('.').collect();
+            !(1..=segments.len())
+                .any(|length| docs.contains(&format!("| `{}` |", segments[..length].join("."))))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/install.md's values table lacks {undocumented:?}"
+    );
+}
