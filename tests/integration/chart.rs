@@ -367,7 +367,7 @@ fn allowed_grants() -> BTreeMap<(&'static str, &'static str), BTreeSet<&'static 
         (("", "events"), verbs(&["create", "patch"])),
         (
             ("coordination.k8s.io", "leases"),
-            verbs(&["get", "create", "update"]),
+            verbs(&["get", "create", "update", "patch"]),
         ),
     ])
 }
@@ -512,8 +512,18 @@ fn assert_rbac(objects: &[Value], watch_namespaces: &[&str], leader_election: bo
             .collect();
         assert_eq!(
             lease_verbs,
-            BTreeSet::from(["create", "get", "update"].map(String::from))
+            BTreeSet::from(["create", "get", "update", "patch"].map(String::from))
         );
+        // Only create (which cannot name an object that does not exist yet) reaches other Leases.
+        for rule in lease_role["rules"].as_sequence().expect("rules") {
+            if strings(&rule["verbs"]) != ["create"] {
+                assert_eq!(
+                    strings(&rule["resourceNames"]),
+                    ["bundlecopy-operator"],
+                    "lease rule {rule:?} is not limited to the operator's Lease"
+                );
+            }
+        }
         assert_bound_to_service_account(objects, "RoleBinding", lease_role);
     } else {
         assert!(
