@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The bundlecopy image: the operator by default (`bundlecopy controller`); any other subcommand works too,
 # e.g. `docker run IMAGE copy --source S --destination D`.
 #

@@ -1119,3 +1119,75 @@ fn install_docs_describe_every_value() {
         "docs/install.md's values table lacks {undocumented:?}"
     );
 }
+
+#[test]
+fn pod_scheduling_and_metadata_values_reach_the_pod() {
+    let objects = render(&[
+        "podAnnotations.example\\.com/team=copy",
+        "podLabels.tier=ops",
+        "priorityClassName=high",
+        "nodeSelector.kubernetes\\.io/os=linux",
+        "tolerations[0].key=dedicated",
+        "tolerations[0].operator=Exists",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=zone",
+        "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "imagePullSecrets[0].name=pull",
+        "image.tag=v9.9.9",
+        "image.pullPolicy=Always",
+        "maxConcurrentCopies=7",
+        "log.level=debug",
+        "log.format=text",
+        "serviceAccount.name=copier",
+    ]);
+    let template = &only_one(&objects, "Deployment")["spec"]["template"];
+    let pod = &template["spec"];
+    assert_eq!(
+        string_at(template, &["metadata", "annotations", "example.com/team"]),
+        Some("copy")
+    );
+    assert_eq!(
+        string_at(template, &["metadata", "labels", "tier"]),
+        Some("ops")
+    );
+    assert_eq!(string_at(pod, &["priorityClassName"]), Some("high"));
+    assert_eq!(
+        string_at(pod, &["nodeSelector", "kubernetes.io/os"]),
+        Some("linux")
+    );
+    assert_eq!(
+        string_at(&pod["tolerations"][0], &["key"]),
+        Some("dedicated")
+    );
+    assert!(!pod["affinity"]["nodeAffinity"].is_null());
+    assert_eq!(
+        string_at(&pod["imagePullSecrets"][0], &["name"]),
+        Some("pull")
+    );
+    assert_eq!(string_at(pod, &["serviceAccountName"]), Some("copier"));
+    assert_eq!(
+        string_at(only_one(&objects, "ServiceAccount"), &["metadata", "name"]),
+        Some("copier")
+    );
+    let container = controller_container(&objects);
+    assert_eq!(
+        string_at(container, &["image"]),
+        Some("ghcr.io/bundlecopy/bundlecopy:v9.9.9")
+    );
+    assert_eq!(string_at(container, &["imagePullPolicy"]), Some("Always"));
+    let args = container_args(&objects);
+    for expected in [
+        "--max-concurrent-copies=7",
+        "--log-level=debug",
+        "--log-format=text",
+    ] {
+        assert!(
+            args.iter().any(|arg| arg == expected),
+            "{expected} missing from {args:?}"
+        );
+    }
+    let binding = only_one(&objects, "ClusterRoleBinding");
+    assert_eq!(
+        string_at(&binding["subjects"][0], &["name"]),
+        Some("copier")
+    );
+}
