@@ -89,7 +89,10 @@ impl Reason {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Reason::Unreachable | Reason::RateLimited | Reason::RegistryError | Reason::DigestMismatch
+            Reason::Unreachable
+                | Reason::RateLimited
+                | Reason::RegistryError
+                | Reason::DigestMismatch
         )
     }
 }
@@ -121,7 +124,9 @@ pub enum CopyError {
         detail: String,
     },
 
-    #[error("{side} registry {registry}: TLS failed: {detail}")]
+    #[error(
+        "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA for the {side}, or mark the {side} insecure"
+    )]
     Tls {
         side: Side,
         registry: String,
@@ -146,7 +151,9 @@ pub enum CopyError {
     )]
     DestinationExists { reference: String, existing: String },
 
-    #[error("content of {digest} from {side} registry {registry} does not match its digest: {detail}")]
+    #[error(
+        "content of {digest} from {side} registry {registry} does not match its digest: {detail}"
+    )]
     DigestMismatch {
         side: Side,
         registry: String,

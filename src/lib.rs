@@ -4,6 +4,7 @@
 //! Kubernetes; the operator (`api`, `controller`) knows nothing of HTTP.
 
 pub mod bundle;
+pub mod cli;
 pub mod copy;
 pub mod credentials;
 pub mod error;

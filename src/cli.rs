@@ -1,0 +1,460 @@
+//! The `bundlecopy copy` and `bundlecopy inspect` commands: flags, Docker config loading,
+//! progress on stderr, the result on stdout, and one-line errors that say what to do.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+
+use crate::copy::{
+    self, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress, ProgressSnapshot,
+};
+use crate::credentials::DockerConfig;
+use crate::error::{CopyError, Side};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags shared by the commands that talk to registries.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Directory holding the Docker `config.json` with registry credentials
+    /// [default: $DOCKER_CONFIG, else ~/.docker]
+    #[arg(long, value_name = "DIR")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Seconds to wait for any single network read or write before giving up on it
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Output format of the result on stdout
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `bundlecopy copy`: the equivalent of `porter copy`.
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// The bundle to copy, by tag or digest (REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST)
+    #[arg(long, value_name = "REFERENCE")]
+    pub source: String,
+
+    /// Where to copy it: a registry (host:port), a registry and organisation, or a full tagged reference
+    #[arg(long, value_name = "REFERENCE")]
+    pub destination: String,
+
+    /// Allow plain HTTP or an unverified certificate for both endpoints (as `porter copy --insecure-registry`)
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Allow plain HTTP or an unverified certificate for the source only
+    #[arg(long)]
+    pub source_insecure: bool,
+
+    /// Allow plain HTTP or an unverified certificate for the destination only
+    #[arg(long)]
+    pub destination_insecure: bool,
+
+    /// Trust the CA certificates in this PEM file for the source (verified HTTPS, on loopback too)
+    #[arg(long, value_name = "PEM")]
+    pub source_ca_file: Option<PathBuf>,
+
+    /// Trust the CA certificates in this PEM file for the destination (verified HTTPS, on loopback too)
+    #[arg(long, value_name = "PEM")]
+    pub destination_ca_file: Option<PathBuf>,
+
+    /// Overwrite a destination tag that holds a different bundle
+    #[arg(long)]
+    pub force: bool,
+
+    /// Blobs copied at once
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// `bundlecopy inspect`: what a bundle holds.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The bundle to inspect, by tag or digest
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+
+    /// Allow plain HTTP or an unverified certificate
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// A CLI failure: the message (one line) and the process exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+}
+
+impl From<CopyError> for CliError {
+    fn from(e: CopyError) -> Self {
+        CliError {
+            message: with_hint(&e),
+        }
+    }
+}
+
+/// The error plus what to do about it, phrased with this CLI's flags.
+pub fn with_hint(e: &CopyError) -> String {
+    let flag = |side: Side| match side {
+        Side::Source => "source",
+        Side::Destination => "destination",
+    };
+    let hint = match e {
+        CopyError::Tls {
+            side,
+            registry,
+            detail,
+        } => {
+            return format!(
+                "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA with --{0}-ca-file PEM, \
+                 or allow it with --{0}-insecure (--insecure-registry for both)",
+                flag(*side)
+            );
+        }
+        CopyError::InvalidCa { side, .. } => {
+            format!("check the file given to --{}-ca-file", flag(*side))
+        }
+        CopyError::AuthenticationFailed { registry, .. } => format!(
+            "check the credentials for {registry} in the Docker config (--docker-config, $DOCKER_CONFIG or ~/.docker/config.json)"
+        ),
+        CopyError::Unreachable { side, .. } => format!(
+            "check that the registry is running and the address is right; a plain-HTTP registry off loopback needs --{}-insecure",
+            flag(*side)
+        ),
+        CopyError::DestinationExists {
+            reference,
+            existing,
+        } => {
+            return format!(
+                "destination {reference} already holds a different bundle ({existing}); repeat with --force to overwrite it"
+            );
+        }
+        CopyError::RateLimited { .. } => "wait and try again later".to_string(),
+        CopyError::SourceNotFound { .. } => "check the source reference and its tag".to_string(),
+        CopyError::InvalidCredentials(_) => "fix the Docker config file".to_string(),
+        _ => String::new(),
+    };
+    if hint.is_empty() || e.to_string().contains(&hint) {
+        e.to_string()
+    } else {
+        format!("{e}; {hint}")
+    }
+}
+
+/// The Docker config to use: `--docker-config DIR`, else `$DOCKER_CONFIG`, else `~/.docker`.
+/// A missing file means no credentials.
+pub fn load_docker_config(dir: Option<&Path>) -> Result<DockerConfig, CliError> {
+    let dir = dir
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("DOCKER_CONFIG").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let Some(dir) = dir else {
+        return Ok(DockerConfig::default());
+    };
+    let path = dir.join("config.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let config = DockerConfig::parse_config_json(&bytes).map_err(|e| CliError {
+                message: format!("Docker config {}: {e}", path.display()),
+            })?;
+            for helper in config.ignored_helpers() {
+                tracing::warn!(
+                    "Docker config {} names credential helper {helper:?}, which bundlecopy does not run; \
+                     put the credentials in `auths` instead",
+                    path.display()
+                );
+            }
+            Ok(config)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DockerConfig::default()),
+        Err(e) => Err(CliError {
+            message: format!("cannot read Docker config {}: {e}", path.display()),
+        }),
+    }
+}
+
+fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
+    path.map(|p| {
+        std::fs::read(p).map_err(|e| CliError {
+            message: format!("cannot read CA file {}: {e}", p.display()),
+        })
+    })
+    .transpose()
+}
+
+fn settings(connection: &ConnectionArgs, concurrency: usize) -> EngineSettings {
+    EngineSettings {
+        max_concurrent_blobs: concurrency.max(1),
+        io_timeout: Duration::from_secs(connection.timeout.max(1)),
+        ..EngineSettings::default()
+    }
+}
+
+/// Build the engine request from the flags.
+pub fn copy_request(args: &CopyArgs) -> Result<CopyRequest, CliError> {
+    let credentials = load_docker_config(args.connection.docker_config.as_deref())?;
+    Ok(CopyRequest {
+        source: args.source.clone(),
+        destination: args.destination.clone(),
+        source_endpoint: EndpointOptions {
+            insecure: args.insecure_registry || args.source_insecure,
+            ca_pem: read_ca(args.source_ca_file.as_deref())?,
+            credentials: credentials.clone(),
+        },
+        destination_endpoint: EndpointOptions {
+            insecure: args.insecure_registry || args.destination_insecure,
+            ca_pem: read_ca(args.destination_ca_file.as_deref())?,
+            credentials,
+        },
+        force: args.force,
+        settings: settings(&args.connection, args.concurrency),
+    })
+}
+
+pub async fn run_copy(args: CopyArgs) -> Result<(), CliError> {
+    let request = copy_request(&args)?;
+    let progress = Progress::default();
+    let started = Instant::now();
+    let reporter = ProgressReporter::start(progress.clone());
+    let result = copy::copy_bundle(&request, &progress).await;
+    reporter.finish().await;
+    let outcome = result?;
+    print_outcome(&outcome, args.connection.output, started.elapsed())
+}
+
+fn print_outcome(
+    outcome: &CopyOutcome,
+    format: OutputFormat,
+    elapsed: Duration,
+) -> Result<(), CliError> {
+    let p = outcome.progress;
+    let mut stderr = std::io::stderr();
+    if outcome.up_to_date {
+        let _ = writeln!(
+            stderr,
+            "{} already holds this bundle: nothing to copy",
+            outcome.destination
+        );
+    } else {
+        let _ = writeln!(
+            stderr,
+            "Copied {} {} in {:.1}s: {} blobs ({} copied, {} mounted, {} skipped), {} moved, {} manifests",
+            display_name(&outcome.bundle.name),
+            outcome.bundle.version,
+            elapsed.as_secs_f64(),
+            p.blobs,
+            p.copied,
+            p.mounted,
+            p.skipped,
+            human_bytes(p.bytes),
+            p.manifests,
+        );
+    }
+    let mut stdout = std::io::stdout();
+    let written = match format {
+        OutputFormat::Text => writeln!(
+            stdout,
+            "{}@{}",
+            without_digest(&outcome.destination),
+            outcome.destination_digest
+        ),
+        OutputFormat::Json => serde_json::to_string_pretty(outcome)
+            .map_err(std::io::Error::other)
+            .and_then(|json| writeln!(stdout, "{json}")),
+    };
+    written.map_err(|e| CliError {
+        message: format!("cannot write the result: {e}"),
+    })
+}
+
+fn display_name(name: &str) -> &str {
+    if name.is_empty() { "bundle" } else { name }
+}
+
+fn without_digest(reference: &str) -> &str {
+    reference.split('@').next().unwrap_or(reference)
+}
+
+pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
+    let endpoint = EndpointOptions {
+        insecure: args.insecure_registry,
+        ca_pem: read_ca(args.ca_file.as_deref())?,
+        credentials: load_docker_config(args.connection.docker_config.as_deref())?,
+    };
+    let report =
+        copy::inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
+    let mut out = String::new();
+    match args.connection.output {
+        OutputFormat::Json => {
+            out = serde_json::to_string_pretty(&report).map_err(|e| CliError {
+                message: format!("cannot render the report: {e}"),
+            })?;
+            out.push('\n');
+        }
+        OutputFormat::Text => {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "Bundle:     {} {}",
+                display_name(&report.bundle.name),
+                report.bundle.version
+            );
+            let _ = writeln!(out, "Reference:  {}", report.reference);
+            let _ = writeln!(out, "Digest:     {}", report.digest);
+            let _ = writeln!(out, "Media type: {}", report.media_type);
+            let _ = writeln!(out, "Images:");
+            for image in &report.images {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {}  {}",
+                    image.name, image.image, image.digest
+                );
+            }
+            let _ = writeln!(out, "Relocation map:");
+            for (image, relocated) in &report.relocation_map {
+                let _ = writeln!(out, "  {image} -> {relocated}");
+            }
+        }
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| CliError {
+            message: format!("cannot write the report: {e}"),
+        })
+}
+
+/// Progress on stderr: a live bar on a terminal, plain lines (when counts change) otherwise.
+struct ProgressReporter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressReporter {
+    fn start(progress: Progress) -> ProgressReporter {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let terminal = std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            let bar = terminal.then(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar
+            });
+            let mut last = ProgressSnapshot::default();
+            loop {
+                let now = progress.snapshot();
+                if let Some(bar) = &bar {
+                    bar.set_length(now.total_bytes);
+                    bar.set_position(now.bytes);
+                    bar.set_message(blob_line(&now));
+                } else if now.blobs > 0 && blob_line(&now) != blob_line(&last) {
+                    eprintln!(
+                        "  {} ({}/{})",
+                        blob_line(&now),
+                        human_bytes(now.bytes),
+                        human_bytes(now.total_bytes)
+                    );
+                }
+                last = now;
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Duration::from_millis(if terminal { 100 } else { 500 })) => {}
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        });
+        ProgressReporter { stop, task }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn blob_line(p: &ProgressSnapshot) -> String {
+    format!(
+        "blobs: {}/{} done ({} copied, {} mounted, {} skipped), manifests: {}/{}",
+        p.copied + p.mounted + p.skipped,
+        p.blobs,
+        p.copied,
+        p.mounted,
+        p.skipped,
+        p.manifests_pushed,
+        p.manifests
+    )
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_the_flags_of_the_failing_side() {
+        let e = CopyError::Tls {
+            side: Side::Destination,
+            registry: "r:1".into(),
+            detail: "UnknownIssuer".into(),
+        };
+        let text = with_hint(&e);
+        assert!(
+            text.contains("--destination-ca-file") && text.contains("--destination-insecure"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        let e = CopyError::DestinationExists {
+            reference: "r/x:1".into(),
+            existing: "sha256:1".into(),
+        };
+        assert!(with_hint(&e).contains("--force"));
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

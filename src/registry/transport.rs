@@ -1,0 +1,283 @@
+//! Transport choice for one endpoint (plain HTTP, verified HTTPS, HTTPS without verification)
+//! and the translation of transport failures into `CopyError`s.
+
+use std::error::Error as _;
+
+use crate::copy::{EndpointOptions, EngineSettings};
+use crate::error::{CopyError, Side};
+use crate::reference::is_loopback_host;
+
+/// How requests reach a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    PlainHttp,
+    Https { verify: bool },
+}
+
+impl Transport {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::PlainHttp => "http",
+            Transport::Https { .. } => "https",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Transport::PlainHttp => "plain HTTP",
+            Transport::Https { verify: true } => "HTTPS",
+            Transport::Https { verify: false } => "HTTPS without certificate verification",
+        }
+    }
+}
+
+const USER_AGENT: &str = concat!("bundlecopy/", env!("CARGO_PKG_VERSION"));
+
+/// Parse PEM CA certificates; an error names what is wrong, never the bytes.
+pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, CopyError> {
+    let invalid = |detail: String| CopyError::InvalidCa { side, detail };
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    // reqwest parses lazily for rustls: check each block decodes as X.509 DER now, so garbage is
+    // reported here instead of as a TLS failure later.
+    let text = String::from_utf8_lossy(pem);
+    for (i, block) in text
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .enumerate()
+    {
+        let body = block
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default();
+        let cleaned: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(cleaned.as_bytes())
+            .map_err(|_| invalid(format!("certificate {} is not valid base64", i + 1)))?;
+        // An X.509 certificate is a DER SEQUENCE.
+        if der.len() < 64 || der[0] != 0x30 {
+            return Err(invalid(format!(
+                "certificate {} is not an X.509 certificate",
+                i + 1
+            )));
+        }
+    }
+    Ok(certs)
+}
+
+/// Build the HTTP client for one transport. Redirects are never followed automatically, so
+/// credentials cannot leak to another host.
+pub fn build_client(
+    side: Side,
+    transport: Transport,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<reqwest::Client, CopyError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(settings.connect_timeout)
+        .read_timeout(settings.io_timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .http1_only();
+    if let Transport::Https { verify } = transport {
+        if verify {
+            let mut roots = Vec::new();
+            if let Some(pem) = &endpoint.ca_pem {
+                roots.extend(parse_ca(side, pem)?);
+            }
+            if let Some(pem) = &settings.extra_roots_pem {
+                roots.extend(parse_ca(side, pem)?);
+            }
+            builder = builder.tls_certs_merge(roots);
+        } else {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+    }
+    builder.build().map_err(|e| CopyError::Registry {
+        side,
+        registry: String::new(),
+        status: None,
+        detail: format!("cannot build an HTTP client: {}", error_chain(&e)),
+    })
+}
+
+/// Pick the transport for an endpoint (DESIGN.md section 2, step 2). `insecure` probes
+/// `https://host/v2/` without verification: any HTTP answer means HTTPS, a failure means HTTP.
+pub async fn choose_transport(
+    side: Side,
+    host: &str,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<Transport, CopyError> {
+    if endpoint.insecure {
+        let client = build_client(side, Transport::Https { verify: false }, endpoint, settings)?;
+        let probe = client
+            .get(format!("https://{host}/v2/"))
+            .timeout(settings.connect_timeout)
+            .send()
+            .await;
+        return Ok(match probe {
+            Ok(_) => Transport::Https { verify: false },
+            Err(e) => {
+                tracing::debug!(%host, error = %error_chain(&e), "HTTPS probe failed; using plain HTTP");
+                Transport::PlainHttp
+            }
+        });
+    }
+    if endpoint.ca_pem.is_some() {
+        return Ok(Transport::Https { verify: true });
+    }
+    if is_loopback_host(host) {
+        return Ok(Transport::PlainHttp);
+    }
+    Ok(Transport::Https { verify: true })
+}
+
+/// The error and its sources, joined, without the URL (which may carry upload state).
+pub fn error_chain(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+fn find_source<T: std::error::Error + 'static>(e: &reqwest::Error) -> Option<&T> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref::<T>() {
+            return Some(found);
+        }
+        // io::Error's `source()` skips the error it wraps; look inside it.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(found) = inner.downcast_ref::<T>()
+        {
+            return Some(found);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// Translate a failed request into the engine's error taxonomy.
+pub fn classify(side: Side, registry: &str, transport: Transport, e: &reqwest::Error) -> CopyError {
+    let registry = registry.to_string();
+    if let Some(tls) = find_source::<rustls::Error>(e) {
+        let detail = match tls {
+            rustls::Error::InvalidMessage(_) => {
+                format!(
+                    "{tls} (the registry does not seem to speak TLS on this port: is it plain HTTP?)"
+                )
+            }
+            rustls::Error::InvalidCertificate(_) => {
+                format!("the registry's certificate is not trusted: {tls}")
+            }
+            _ => tls.to_string(),
+        };
+        return CopyError::Tls {
+            side,
+            registry,
+            detail,
+        };
+    }
+    let chain = error_chain(e);
+    // Some layers box the rustls error so it cannot be downcast; its Display text is stable.
+    if transport != Transport::PlainHttp {
+        if let Some(at) = chain.find("invalid peer certificate") {
+            let detail = format!(
+                "the registry's certificate is not trusted: {}",
+                &chain[at..]
+            );
+            return CopyError::Tls {
+                side,
+                registry,
+                detail,
+            };
+        }
+        if chain.contains("received corrupt message") || chain.contains("invalid HTTP version") {
+            let detail = format!(
+                "{} (the registry does not seem to speak TLS on this port: is it plain HTTP?)",
+                tls_part(&chain)
+            );
+            return CopyError::Tls {
+                side,
+                registry,
+                detail,
+            };
+        }
+    }
+    if e.is_timeout() {
+        return CopyError::Unreachable {
+            side,
+            registry,
+            detail: format!("timed out: {}", error_chain(e)),
+        };
+    }
+    let chain = error_chain(e);
+    if transport != Transport::PlainHttp && chain.contains("invalid HTTP version") {
+        return CopyError::Tls {
+            side,
+            registry,
+            detail: chain,
+        };
+    }
+    CopyError::Unreachable {
+        side,
+        registry,
+        detail: chain,
+    }
+}
+
+/// The innermost part of an error chain (the TLS library's own words).
+fn tls_part(chain: &str) -> &str {
+    chain.rsplit(": ").next().unwrap_or(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_ca_is_refused_with_a_clear_error() {
+        for (pem, expected) in [
+            (&b"not a certificate"[..], "no PEM CERTIFICATE block"),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "certificate",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+                "certificate",
+            ),
+        ] {
+            let e = parse_ca(Side::Destination, pem).unwrap_err();
+            assert!(e.to_string().contains(expected), "{e}");
+            assert!(matches!(
+                e,
+                CopyError::InvalidCa {
+                    side: Side::Destination,
+                    ..
+                }
+            ));
+        }
+    }
+}
