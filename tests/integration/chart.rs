@@ -367,7 +367,7 @@ fn allowed_grants() -> BTreeMap<(&'static str, &'static str), BTreeSet<&'static 
         (("", "events"), verbs(&["create", "patch"])),
         (
             ("coordination.k8s.io", "leases"),
-            verbs(&["get", "create", "update", "patch"]),
+            verbs(&["get", "create", "update"]),
         ),
     ])
 }
@@ -512,7 +512,7 @@ fn assert_rbac(objects: &[Value], watch_namespaces: &[&str], leader_election: bo
             .collect();
         assert_eq!(
             lease_verbs,
-            BTreeSet::from(["create", "get", "update", "patch"].map(String::from))
+            BTreeSet::from(["create", "get", "update"].map(String::from))
         );
         // Only create (which cannot name an object that does not exist yet) reaches other Leases.
         for rule in lease_role["rules"].as_sequence().expect("rules") {
