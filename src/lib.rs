@@ -3,11 +3,15 @@
 //! The copy engine (`reference`, `credentials`, `registry`, `bundle`, `copy`) knows nothing of
 //! Kubernetes; the operator (`api`, `controller`) knows nothing of HTTP.
 
+pub mod api;
 pub mod bundle;
 pub mod cli;
+pub mod controller;
 pub mod copy;
 pub mod credentials;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod reference;
 pub mod registry;
 

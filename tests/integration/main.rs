@@ -4,6 +4,9 @@
 mod support;
 
 mod chart;
+mod controller;
+mod controller_loop;
 mod copy;
 mod dockerfile;
+mod e2e;
 mod harness_smoke;

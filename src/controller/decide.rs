@@ -1,0 +1,481 @@
+//! The pure middle of a reconcile: whether to copy, check or do nothing, how long to wait
+//! before the next attempt, and the `interval` duration grammar. No I/O here.
+
+use std::time::Duration;
+
+use crate::api::{BundleCopyStatus, condition_types};
+
+/// First wait after a transient failure; doubles with each further failure.
+pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between attempts after transient failures.
+pub const TRANSIENT_BACKOFF_CAP: Duration = Duration::from_secs(5 * 60);
+/// Slow retry after a permanent failure, in case something outside the spec changed
+/// (a registry came back with the bundle, a credential was granted rights).
+pub const PERMANENT_RETRY: Duration = Duration::from_secs(10 * 60);
+/// Longest registry-requested wait (`Retry-After`) that is honoured as given.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(60 * 60);
+
+/// Why a copy is started; shown in the CopyStarted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyCause {
+    /// The spec changed (or was never handled).
+    NewGeneration,
+    /// The last attempt at this generation did not finish with Ready True.
+    Retry,
+    /// The status describes a different destination.
+    NewDestination,
+    /// The destination no longer holds the copied digest.
+    DestinationChanged,
+    /// The source tag now resolves to a different digest (or to nothing).
+    SourceMoved,
+}
+
+impl CopyCause {
+    pub fn describe(self) -> &'static str {
+        match self {
+            CopyCause::NewGeneration => "the spec changed",
+            CopyCause::Retry => "the last attempt did not finish",
+            CopyCause::NewDestination => "the destination changed",
+            CopyCause::DestinationChanged => "the destination no longer holds the copied bundle",
+            CopyCause::SourceMoved => "the source tag moved",
+        }
+    }
+}
+
+/// The first decision, from the resource alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// `spec.suspend`: touch no registry.
+    Suspended,
+    /// Copy without looking first.
+    Copy(CopyCause),
+    /// A copy of this generation finished: check (one HEAD each) that the destination still holds
+    /// it and, when `recheck_source`, that the source tag has not moved.
+    Verify { recheck_source: bool },
+}
+
+/// Decide from the spec's generation, the current status and the resolved destination.
+pub fn plan(
+    suspend: bool,
+    generation: i64,
+    status: &BundleCopyStatus,
+    destination: &str,
+    source_check_due: bool,
+) -> Plan {
+    if suspend {
+        return Plan::Suspended;
+    }
+    if status.observed_generation != Some(generation) {
+        return Plan::Copy(CopyCause::NewGeneration);
+    }
+    let ready_now = status
+        .condition(condition_types::READY)
+        .is_some_and(|ready| {
+            ready.status == "True" && ready.observed_generation == Some(generation)
+        });
+    if !ready_now {
+        return Plan::Copy(CopyCause::Retry);
+    }
+    if status.destination.as_deref() != Some(destination)
+        || status.destination_digest.is_none()
+        || status.source_digest.is_none()
+    {
+        return Plan::Copy(CopyCause::NewDestination);
+    }
+    Plan::Verify {
+        recheck_source: source_check_due,
+    }
+}
+
+/// The decision after the checks of `Plan::Verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    UpToDate,
+    Copy(CopyCause),
+}
+
+/// `destination_digest`: what the destination tag resolves to now. `source_digest`: what the
+/// source resolves to now, when it was re-resolved.
+pub fn after_verify(
+    status: &BundleCopyStatus,
+    destination_digest: Option<&str>,
+    source_digest: Option<Option<&str>>,
+) -> Verdict {
+    if destination_digest.is_none() || destination_digest != status.destination_digest.as_deref() {
+        return Verdict::Copy(CopyCause::DestinationChanged);
+    }
+    match source_digest {
+        Some(now) if now != status.source_digest.as_deref() => {
+            Verdict::Copy(CopyCause::SourceMoved)
+        }
+        _ => Verdict::UpToDate,
+    }
+}
+
+/// Whether the source tag should be re-resolved now: only with an interval, only for a tag (a
+/// digest never moves), and only once `interval` has passed since the last resolution.
+pub fn source_check_due(
+    interval: Option<Duration>,
+    source_is_digest: bool,
+    since_last_check: Option<Duration>,
+) -> bool {
+    match (interval, source_is_digest) {
+        (Some(interval), false) => since_last_check.is_none_or(|elapsed| elapsed >= interval),
+        _ => false,
+    }
+}
+
+/// When to look again after a successful reconcile: at the next source check, or never.
+pub fn requeue_after_success(
+    interval: Option<Duration>,
+    since_last_check: Option<Duration>,
+) -> Option<Duration> {
+    let interval = interval?;
+    let elapsed = since_last_check.unwrap_or_default();
+    Some(interval.saturating_sub(elapsed).max(Duration::from_secs(1)))
+}
+
+/// Wait before the next attempt after the `failures`-th transient failure in a row (1-based):
+/// 5 s doubling to 5 min, or longer when the registry asked for it.
+pub fn transient_backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let backoff = TRANSIENT_BACKOFF_BASE
+        .saturating_mul(1u32 << doublings)
+        .min(TRANSIENT_BACKOFF_CAP);
+    match retry_after {
+        Some(asked) => backoff.max(asked.min(RETRY_AFTER_CAP)),
+        None => backoff,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid duration {input:?}: {problem}; use a number and a unit, such as 90s, 10m, 1h or 1h30m"
+)]
+pub struct DurationError {
+    pub input: String,
+    pub problem: &'static str,
+}
+
+/// Parse a Go `time.ParseDuration` string (`10m`, `1h30m`, `1.5h`, `300ms`), the grammar the CRD's
+/// CEL `duration()` accepts. Negative durations are refused.
+pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
+    let error = |problem| DurationError {
+        input: input.to_string(),
+        problem,
+    };
+    let text = input.trim();
+    let text = text.strip_prefix('+').unwrap_or(text);
+    if text.is_empty() {
+        return Err(error("it is empty"));
+    }
+    if text.starts_with('-') {
+        return Err(error("it is negative"));
+    }
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total_nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..number_len];
+        rest = &rest[number_len..];
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return Err(error("a number is missing or malformed"));
+        }
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3_600 * 1_000_000_000,
+            "" => return Err(error("a unit is missing")),
+            _ => return Err(error("the unit is not one of ns, us, ms, s, m, h")),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| error("a number is too large"))?
+        };
+        let mut fraction_nanos: u128 = 0;
+        let mut scale: u128 = 1;
+        for digit in fraction.chars().take(18) {
+            // `digit` is an ASCII digit: the scan above admits only digits and '.'.
+            fraction_nanos = fraction_nanos * 10 + u128::from(digit as u8 - b'0');
+            scale *= 10;
+        }
+        let part = whole
+            .checked_mul(unit_nanos)
+            .and_then(|w| w.checked_add(fraction_nanos * unit_nanos / scale))
+            .ok_or_else(|| error("it is too large"))?;
+        total_nanos = total_nanos
+            .checked_add(part)
+            .ok_or_else(|| error("it is too large"))?;
+    }
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| error("it is too large"))?;
+    // The remainder of a division by 1e9 always fits.
+    let nanos = (total_nanos % 1_000_000_000) as u32;
+    Ok(Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    const DEST: &str = "localhost:5002/team/hello:v1";
+
+    fn ready(status: &str, generation: i64) -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: if status == "True" {
+                "Copied"
+            } else {
+                "Unreachable"
+            }
+            .into(),
+            message: String::new(),
+            observed_generation: Some(generation),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn copied(generation: i64) -> BundleCopyStatus {
+        BundleCopyStatus {
+            observed_generation: Some(generation),
+            conditions: vec![ready("True", generation)],
+            source_digest: Some("sha256:aaa".into()),
+            destination: Some(DEST.into()),
+            destination_digest: Some("sha256:aaa".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        let fresh = BundleCopyStatus::default();
+        let failed = BundleCopyStatus {
+            conditions: vec![ready("False", 2)],
+            ..copied(2)
+        };
+        let ready_for_old_generation = BundleCopyStatus {
+            conditions: vec![ready("True", 1)],
+            ..copied(2)
+        };
+        let other_destination = BundleCopyStatus {
+            destination: Some("localhost:5002/other:v1".into()),
+            ..copied(2)
+        };
+        let no_digest = BundleCopyStatus {
+            destination_digest: None,
+            ..copied(2)
+        };
+        let cases: [(&str, bool, &BundleCopyStatus, bool, Plan); 9] = [
+            (
+                "suspended beats everything",
+                true,
+                &fresh,
+                true,
+                Plan::Suspended,
+            ),
+            (
+                "suspended with a finished copy",
+                true,
+                &copied(2),
+                false,
+                Plan::Suspended,
+            ),
+            (
+                "never reconciled",
+                false,
+                &fresh,
+                false,
+                Plan::Copy(CopyCause::NewGeneration),
+            ),
+            (
+                "spec changed",
+                false,
+                &copied(1),
+                false,
+                Plan::Copy(CopyCause::NewGeneration),
+            ),
+            (
+                "last attempt failed",
+                false,
+                &failed,
+                false,
+                Plan::Copy(CopyCause::Retry),
+            ),
+            (
+                "Ready from an older generation",
+                false,
+                &ready_for_old_generation,
+                false,
+                Plan::Copy(CopyCause::Retry),
+            ),
+            (
+                "destination moved",
+                false,
+                &other_destination,
+                false,
+                Plan::Copy(CopyCause::NewDestination),
+            ),
+            (
+                "digest missing",
+                false,
+                &no_digest,
+                false,
+                Plan::Copy(CopyCause::NewDestination),
+            ),
+            (
+                "finished, interval due",
+                false,
+                &copied(2),
+                true,
+                Plan::Verify {
+                    recheck_source: true,
+                },
+            ),
+        ];
+        for (name, suspend, status, due, expected) in cases {
+            assert_eq!(plan(suspend, 2, status, DEST, due), expected, "{name}");
+        }
+        assert_eq!(
+            plan(false, 2, &copied(2), DEST, false),
+            Plan::Verify {
+                recheck_source: false
+            }
+        );
+    }
+
+    #[test]
+    fn verdict_table() {
+        let status = copied(2);
+        assert_eq!(
+            after_verify(&status, Some("sha256:aaa"), None),
+            Verdict::UpToDate
+        );
+        assert_eq!(
+            after_verify(&status, Some("sha256:aaa"), Some(Some("sha256:aaa"))),
+            Verdict::UpToDate
+        );
+        assert_eq!(
+            after_verify(&status, Some("sha256:aaa"), Some(Some("sha256:bbb"))),
+            Verdict::Copy(CopyCause::SourceMoved)
+        );
+        assert_eq!(
+            after_verify(&status, Some("sha256:aaa"), Some(None)),
+            Verdict::Copy(CopyCause::SourceMoved),
+            "a vanished source tag is reported by the copy (SourceNotFound)"
+        );
+        assert_eq!(
+            after_verify(&status, None, None),
+            Verdict::Copy(CopyCause::DestinationChanged)
+        );
+        assert_eq!(
+            after_verify(&status, Some("sha256:ccc"), Some(Some("sha256:aaa"))),
+            Verdict::Copy(CopyCause::DestinationChanged)
+        );
+    }
+
+    #[test]
+    fn source_checks_only_for_tags_with_an_interval() {
+        let ten_minutes = Some(Duration::from_secs(600));
+        assert!(!source_check_due(None, false, None));
+        assert!(
+            !source_check_due(ten_minutes, true, None),
+            "a digest never moves"
+        );
+        assert!(source_check_due(ten_minutes, false, None));
+        assert!(!source_check_due(
+            ten_minutes,
+            false,
+            Some(Duration::from_secs(599))
+        ));
+        assert!(source_check_due(
+            ten_minutes,
+            false,
+            Some(Duration::from_secs(600))
+        ));
+    }
+
+    #[test]
+    fn requeue_waits_for_the_rest_of_the_interval() {
+        let ten_minutes = Some(Duration::from_secs(600));
+        assert_eq!(
+            requeue_after_success(None, Some(Duration::from_secs(5))),
+            None
+        );
+        assert_eq!(requeue_after_success(ten_minutes, None), ten_minutes);
+        assert_eq!(
+            requeue_after_success(ten_minutes, Some(Duration::from_secs(200))),
+            Some(Duration::from_secs(400))
+        );
+        assert_eq!(
+            requeue_after_success(ten_minutes, Some(Duration::from_secs(900))),
+            Some(Duration::from_secs(1)),
+            "never a zero requeue (hot loop)"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_honours_retry_after() {
+        let secs = |n| Duration::from_secs(n);
+        assert_eq!(transient_backoff(0, None), secs(5));
+        assert_eq!(transient_backoff(1, None), secs(5));
+        assert_eq!(transient_backoff(2, None), secs(10));
+        assert_eq!(transient_backoff(3, None), secs(20));
+        assert_eq!(transient_backoff(7, None), secs(300));
+        assert_eq!(transient_backoff(u32::MAX, None), secs(300));
+        assert_eq!(transient_backoff(1, Some(secs(42))), secs(42));
+        assert_eq!(transient_backoff(4, Some(secs(1))), secs(40));
+        assert_eq!(transient_backoff(1, Some(secs(1_000_000))), RETRY_AFTER_CAP);
+    }
+
+    #[test]
+    fn durations_in_go_syntax() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("10m"), Duration::from_secs(600));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("90s"), Duration::from_secs(90));
+        assert_eq!(ok("300ms"), Duration::from_millis(300));
+        assert_eq!(
+            ok("2h45m0.5s"),
+            Duration::from_millis((2 * 3600 + 45 * 60) * 1000 + 500)
+        );
+        assert_eq!(ok("1µs"), Duration::from_micros(1));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("0"), Duration::ZERO);
+        for bad in [
+            "",
+            "10",
+            "m",
+            "-5m",
+            "5d",
+            "1..5s",
+            "1h 30m",
+            "99999999999999999999999h",
+            ".",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        let message = parse_duration("5d").unwrap_err().to_string();
+        assert!(
+            message.contains("\"5d\"") && message.contains("10m"),
+            "{message}"
+        );
+    }
+}

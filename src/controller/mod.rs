@@ -1,0 +1,581 @@
+//! The BundleCopy controller: watches BundleCopies (and the Secrets they name), reconciles
+//! each with the copy engine and reports in its status. See DESIGN.md section 3.
+
+pub mod decide;
+pub mod leader;
+pub mod reconcile;
+pub mod secrets;
+pub mod status;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{Semaphore, watch};
+
+use crate::api::{BundleCopy, FIELD_MANAGER};
+use crate::copy::EngineSettings;
+use crate::http::Readiness;
+use crate::metrics::Metrics;
+
+pub use reconcile::reconcile;
+
+/// `bundlecopy controller`: run the operator against the current kubeconfig or in-cluster
+/// service account.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (repeatable, or comma-separated in the env var); all namespaces
+    /// when not given.
+    #[arg(
+        long = "namespace",
+        env = "BUNDLECOPY_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Copies that may run at the same time.
+    #[arg(long, env = "BUNDLECOPY_MAX_CONCURRENT_COPIES", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_copies: u16,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "BUNDLECOPY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log line format.
+    #[arg(long, env = "BUNDLECOPY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, as an EnvFilter directive (e.g. `info` or `info,bundlecopy=debug`).
+    #[arg(long, env = "BUNDLECOPY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Reconcile only while holding a coordination.k8s.io Lease (for more than one replica).
+    #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease; defaults to $POD_NAMESPACE, else `default`.
+    #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "BUNDLECOPY_LEADER_ELECTION_LEASE_NAME",
+        default_value = "bundlecopy-operator"
+    )]
+    pub leader_election_lease_name: String,
+
+    /// Identity written into the Lease; defaults to $POD_NAME, else the host name.
+    #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
+
+    /// PEM bundle of CA certificates trusted for every HTTPS registry (e.g. a corporate CA).
+    #[arg(long, env = "BUNDLECOPY_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Errors that end a reconcile early; registry and Secret problems are not among them (they go
+/// to the status).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("BundleCopy {0} has no namespace")]
+    NoNamespace(String),
+    #[error("writing the status failed: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error(transparent)]
+    ReadSecret(Box<secrets::ReadError>),
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+}
+
+/// Objects whose backoff and source-check times are remembered.
+const MAX_REMEMBERED_OBJECTS: usize = 10_000;
+
+/// Per-object memory that does not belong in the status.
+#[derive(Debug, Default, Clone)]
+struct ObjectMemory {
+    /// Transient failures in a row, for the backoff.
+    failures: u32,
+    /// When the source was last resolved.
+    last_source_check: Option<Timestamp>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub engine: EngineSettings,
+    /// Bounds the copies that run at once (`--max-concurrent-copies`).
+    pub copy_slots: Arc<Semaphore>,
+    /// How often a running copy reports progress in the status.
+    pub progress_every: Duration,
+    memory: Mutex<HashMap<String, ObjectMemory>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        engine: EngineSettings,
+        max_concurrent_copies: usize,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            engine,
+            copy_slots: Arc::new(Semaphore::new(max_concurrent_copies.max(1))),
+            progress_every: Duration::from_secs(5),
+            memory: Mutex::default(),
+        }
+    }
+
+    fn with_memory<T>(&self, key: &str, f: impl FnOnce(&mut ObjectMemory) -> T) -> T {
+        // A poisoned lock only means another reconcile panicked mid-update of plain counters.
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Entries of deleted objects are never removed one by one; bound the map instead (losing
+        // a backoff count or a check time only costs one early retry or one extra HEAD).
+        if memory.len() >= MAX_REMEMBERED_OBJECTS && !memory.contains_key(key) {
+            memory.clear();
+        }
+        f(memory.entry(key.to_string()).or_default())
+    }
+
+    /// Counts a transient failure; returns the failures in a row.
+    pub fn count_failure(&self, key: &str) -> u32 {
+        self.with_memory(key, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures
+        })
+    }
+
+    pub fn forget_failures(&self, key: &str) {
+        self.with_memory(key, |m| m.failures = 0);
+    }
+
+    pub fn remember_source_check(&self, key: &str, at: Timestamp) {
+        self.with_memory(key, |m| m.last_source_check = Some(at));
+    }
+
+    pub fn last_source_check(&self, key: &str) -> Option<Timestamp> {
+        self.with_memory(key, |m| m.last_source_check)
+    }
+}
+
+/// Identifies an object across reconciles (a re-created object starts afresh).
+fn memory_key(object: &BundleCopy) -> String {
+    match object.uid() {
+        Some(uid) => uid,
+        None => format!(
+            "{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        ),
+    }
+}
+
+/// After a failure to talk to the API server: back off like a transient registry error.
+pub fn error_policy(object: Arc<BundleCopy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.count_failure(&memory_key(&object));
+    let wait = decide::transient_backoff(failures, None);
+    tracing::warn!(bundlecopy = %object.name_any(), %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The BundleCopies in the Secret's namespace that name it (credentials or caSecretRef).
+pub fn bundle_copies_using(
+    store: &Store<BundleCopy>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<BundleCopy>> {
+    let name = secret.name_any();
+    let namespace = secret.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|bundle| bundle.namespace() == namespace && refers_to_secret(bundle, &name))
+        .map(|bundle| ObjectRef::from_obj(bundle.as_ref()))
+        .collect()
+}
+
+pub fn refers_to_secret(bundle: &BundleCopy, secret: &str) -> bool {
+    [&bundle.spec.source, &bundle.spec.destination]
+        .iter()
+        .any(|endpoint| {
+            endpoint.credentials.iter().any(|c| c.name == secret)
+                || endpoint
+                    .ca_secret_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == secret)
+        })
+}
+
+/// One controller: BundleCopies of one namespace (or all), re-triggered by their Secrets.
+/// Status-only changes do not trigger it (generation predicate): our own status writes would
+/// otherwise bypass the backoff after a failure.
+pub fn controller_stream(
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl futures_util::Stream<Item = ()> + Send {
+    // Secrets are watched by metadata only: their data is never needed to map them.
+    let (bundles, secrets): (Api<BundleCopy>, Api<PartialObjectMeta<Secret>>) =
+        match namespace.as_deref() {
+            Some(namespace) => (
+                Api::namespaced(client.clone(), namespace),
+                Api::namespaced(client.clone(), namespace),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let (reader, writer) = reflector::store();
+    let bundle_stream = watcher(bundles, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+    let store = reader.clone();
+    let scope = namespace.unwrap_or_else(|| "all namespaces".to_string());
+    Controller::for_stream(bundle_stream, reader)
+        .watches_stream(secret_stream, move |secret| {
+            bundle_copies_using(&store, &secret)
+        })
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .map(move |result| match result {
+            Ok((object, action)) => tracing::debug!(%object, ?action, "reconciled"),
+            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                tracing::debug!(%object, "object is gone")
+            }
+            Err(error) => tracing::warn!(scope = %scope, %error, "controller"),
+        })
+}
+
+fn init_logging(args: &ControllerArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!(
+            "--log-level {:?} is not a valid filter such as `info` or `info,bundlecopy=debug`",
+            args.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Another part of the program may already have installed a subscriber; keep it.
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Resolves once `receiver` sees `true` (or its sender is gone).
+async fn until_set(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|set| *set).await;
+}
+
+/// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(&args)?;
+    crate::install_crypto_provider();
+
+    let mut engine = EngineSettings::default();
+    if let Some(path) = &args.extra_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading --extra-ca-file {}", path.display()))?;
+        secrets::check_ca_pem(&pem)
+            .map_err(|problem| anyhow::anyhow!("--extra-ca-file {}: {problem}", path.display()))?;
+        engine.extra_roots_pem = Some(pem);
+    }
+
+    let client = Client::try_default().await.context(
+        "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
+    )?;
+    let probe: Api<BundleCopy> = match args.namespaces.first() {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.context(
+        "listing BundleCopies failed; is the CRD installed? \
+         (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
+    )?;
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::default();
+    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
+    let signal_sender = shutdown_sender.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            "shutdown requested; finishing running copies (signal again to stop at once)"
+        );
+        let _ = signal_sender.send(true);
+        shutdown_signal().await;
+        tracing::warn!("second signal: stopping without waiting for running copies");
+        std::process::exit(130);
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        readiness.clone(),
+        until_set(shutdown_receiver.clone()),
+    ));
+
+    let mut leadership = None;
+    if args.leader_election {
+        let lease = leader::LeaseSettings::from_args(&args);
+        tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+        let mut shutdown = shutdown_receiver.clone();
+        let elected = tokio::select! {
+            elected = leader::acquire(client.clone(), lease) => Some(elected?),
+            _ = shutdown.wait_for(|set| *set) => None,
+        };
+        let Some(elected) = elected else {
+            return Ok(());
+        };
+        leadership = Some(elected);
+    }
+    // Losing the lease must stop reconciling at once, running copies included.
+    let lease_lost = match &leadership {
+        Some(elected) => elected.lost().boxed(),
+        None => std::future::pending().boxed(),
+    };
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        engine,
+        usize::from(args.max_concurrent_copies),
+    ));
+    let scopes: Vec<Option<&str>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let controllers = scopes.into_iter().map(|namespace| {
+        controller_stream(
+            client.clone(),
+            namespace.map(str::to_string),
+            ctx.clone(),
+            args.max_concurrent_copies,
+            until_set(shutdown_receiver.clone()),
+        )
+        .boxed()
+    });
+    tracing::info!(namespaces = ?args.namespaces, "controller started");
+    readiness.set(true);
+    let lost = tokio::select! {
+        () = futures_util::stream::select_all(controllers).for_each(|()| async {}) => false,
+        () = lease_lost => true,
+    };
+    // With the lease lost, the controller streams were dropped above, which aborts their
+    // reconciles.
+    readiness.set(false);
+    let _ = shutdown_sender.send(true);
+    if let Some(elected) = leadership {
+        elected.release().await;
+    }
+    if lost {
+        let _ = server.await;
+        anyhow::bail!(
+            "lost the leader Lease; stopped reconciling (a restart rejoins as a standby)"
+        );
+    }
+    match server.await {
+        Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,
+        Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(cli.args.namespaces.is_empty());
+        assert_eq!(cli.args.max_concurrent_copies, 4);
+        assert_eq!(cli.args.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cli.args.log_format, LogFormat::Text);
+        assert_eq!(cli.args.log_level, "info");
+        assert!(!cli.args.leader_election);
+        assert_eq!(cli.args.leader_election_lease_name, "bundlecopy-operator");
+
+        let cli = Cli::try_parse_from([
+            "x",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--max-concurrent-copies",
+            "2",
+            "--log-format",
+            "json",
+            "--leader-election",
+            "--extra-ca-file",
+            "/etc/ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.namespaces, ["a", "b"]);
+        assert_eq!(cli.args.max_concurrent_copies, 2);
+        assert_eq!(cli.args.log_format, LogFormat::Json);
+        assert!(cli.args.leader_election);
+        assert!(Cli::try_parse_from(["x", "--max-concurrent-copies", "0"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_startup_settings_are_refused_with_the_flag_named() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["x", "--metrics-addr", "127.0.0.1:0"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        let error = run(args(&["--log-level", "info,[broken"]))
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("--log-level"), "{error:#}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let error = run(args(&["--extra-ca-file", garbage.to_str().unwrap()]))
+            .await
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--extra-ca-file") && message.contains("no PEM certificate"),
+            "{message}"
+        );
+
+        let missing = dir.path().join("absent.pem");
+        let error = run(args(&["--extra-ca-file", missing.to_str().unwrap()]))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("reading --extra-ca-file"),
+            "{error:#}"
+        );
+    }
+
+    fn bundle(namespace: &str, source_secret: &str, ca: Option<&str>) -> BundleCopy {
+        let mut bundle: BundleCopy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+            "metadata": {"name": format!("b-{source_secret}"), "namespace": namespace},
+            "spec": {
+                "source": {"reference": "localhost:5001/a:v1", "credentials": [{"name": source_secret}]},
+                "destination": {"reference": "localhost:5002/team"},
+            }
+        }))
+        .unwrap();
+        if let Some(ca) = ca {
+            bundle.spec.destination.ca_secret_ref = Some(crate::api::CaSecretReference {
+                name: ca.into(),
+                key: "ca.crt".into(),
+            });
+        }
+        bundle
+    }
+
+    #[test]
+    fn secrets_map_to_the_bundle_copies_that_name_them() {
+        let (reader, mut writer) = reflector::store::<BundleCopy>();
+        for object in [
+            bundle("team-a", "pull", None),
+            bundle("team-a", "other", Some("corp-ca")),
+            bundle("team-b", "pull", None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        let secret = |namespace: &str, name: &str| PartialObjectMeta::<Secret> {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let names = |refs: Vec<ObjectRef<BundleCopy>>| {
+            let mut names: Vec<String> = refs
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(bundle_copies_using(&reader, &secret("team-a", "pull"))),
+            ["team-a/b-pull"]
+        );
+        assert_eq!(
+            names(bundle_copies_using(&reader, &secret("team-a", "corp-ca"))),
+            ["team-a/b-other"]
+        );
+        assert!(bundle_copies_using(&reader, &secret("team-c", "pull")).is_empty());
+        assert!(bundle_copies_using(&reader, &secret("team-a", "unrelated")).is_empty());
+    }
+}

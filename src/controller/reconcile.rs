@@ -1,0 +1,668 @@
+//! One reconcile of a BundleCopy: validate → Secrets → decide → (check | copy) → status.
+//! Orchestration and I/O only; the decisions live in `decide` and `status`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::decide::{self, CopyCause, Plan, Verdict};
+use super::secrets::{self, ReadError};
+use super::status::{self, Phase};
+use super::{Context, Error};
+use crate::api::{
+    BundleCopy, BundleCopySpec, BundleCopyStatus, CopyProgress, FIELD_MANAGER, condition_types,
+};
+use crate::copy::{self, CopyOutcome, CopyRequest, EndpointOptions, Progress};
+use crate::error::{CopyError, Reason, Side};
+use crate::reference::{Reference, derive_destination};
+
+/// Event reasons (shown by `kubectl describe`).
+pub mod event_reasons {
+    pub const COPY_STARTED: &str = "CopyStarted";
+    pub const COPIED: &str = "Copied";
+    pub const COPY_FAILED: &str = "CopyFailed";
+}
+
+/// Longest condition message written.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Shortest interval honoured, whatever the API server let through.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A spec that parses: what the rest of the reconcile needs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSpec {
+    /// The resolved destination reference (`status.destination`).
+    pub destination: String,
+    pub source_is_digest: bool,
+    pub interval: Option<Duration>,
+}
+
+/// Checks what the API server cannot: the reference grammar, destination derivation and the
+/// interval. The error is a message for the Ready condition (reason InvalidSpec).
+pub fn validate(spec: &BundleCopySpec) -> Result<ValidSpec, String> {
+    let source = Reference::parse(&spec.source.reference)
+        .map_err(|error| format!("spec.source.reference: {error}"))?;
+    let destination = derive_destination(&source, &spec.destination.reference)
+        .map_err(|error| format!("spec.destination.reference: {error}"))?;
+    if destination.registry() == source.registry()
+        && destination.repository() == source.repository()
+        && destination.tag().is_some()
+        && destination.tag() == source.tag()
+    {
+        return Err(format!(
+            "spec.destination.reference: {destination} is the source itself; copy to another repository or tag"
+        ));
+    }
+    let interval = match spec.interval.as_deref() {
+        Some(text) => {
+            let interval =
+                decide::parse_duration(text).map_err(|error| format!("spec.interval: {error}"))?;
+            if interval < MIN_INTERVAL {
+                return Err(format!(
+                    "spec.interval: {text} is shorter than the minimum of 1m"
+                ));
+            }
+            Some(interval)
+        }
+        None => None,
+    };
+    Ok(ValidSpec {
+        destination: destination.to_string(),
+        source_is_digest: source.digest().is_some(),
+        interval,
+    })
+}
+
+/// Why a reconcile could not reach Ready True.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    pub transient: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn permanent(reason: Reason, message: String) -> Self {
+        Failure {
+            reason,
+            message,
+            transient: false,
+            retry_after: None,
+        }
+    }
+
+    /// The engine's error with a hint phrased for this resource's fields.
+    pub fn from_copy_error(error: &CopyError) -> Self {
+        let field = error.side().map(|side| match side {
+            Side::Source => "spec.source",
+            Side::Destination => "spec.destination",
+        });
+        let hint = match (error.reason(), field) {
+            (Reason::TLSError, Some(field)) => {
+                format!(
+                    "; trust the registry's CA with {field}.caSecretRef, or set {field}.insecure: true"
+                )
+            }
+            (Reason::AuthenticationFailed, Some(field)) => {
+                format!("; check the Secrets listed in {field}.credentials")
+            }
+            _ => String::new(),
+        };
+        Failure {
+            reason: error.reason(),
+            message: format!("{error}{hint}"),
+            transient: error.is_transient(),
+            retry_after: error.retry_after(),
+        }
+    }
+}
+
+/// The per-reconcile state: the object, its API and the status as last written.
+struct Run {
+    ctx: Arc<Context>,
+    object: Arc<BundleCopy>,
+    api: Api<BundleCopy>,
+    key: String,
+    generation: i64,
+    current: BundleCopyStatus,
+}
+
+/// Reconcile one BundleCopy. Registry and Secret problems end in the status and an `Ok`
+/// requeue; only failures to talk to the API server are errors (handled by `error_policy`).
+pub async fn reconcile(object: Arc<BundleCopy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let name = object.name_any();
+    let namespace = object
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let run = Run {
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        key: super::memory_key(&object),
+        generation: object.metadata.generation.unwrap_or_default(),
+        current: object.status.clone().unwrap_or_default(),
+        ctx,
+        object,
+    };
+    let span = tracing::info_span!("reconcile", bundlecopy = %format!("{namespace}/{name}"), generation = run.generation);
+    tracing::Instrument::instrument(run.reconcile(namespace), span).await
+}
+
+impl Run {
+    async fn reconcile(self, namespace: String) -> Result<Action, Error> {
+        let spec = self.object.spec.clone();
+        let valid = match validate(&spec) {
+            Ok(valid) => valid,
+            Err(message) => {
+                return self
+                    .fail(
+                        None,
+                        Failure::permanent(Reason::InvalidSpec, message),
+                        false,
+                    )
+                    .await;
+            }
+        };
+        if spec.suspend {
+            return self.suspended(&valid).await;
+        }
+
+        let secret_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
+        let (source_endpoint, destination_endpoint) =
+            match secrets::read_endpoints(&secret_api, &spec).await {
+                Ok(endpoints) => endpoints,
+                Err(ReadError::Problem(problem)) => {
+                    let failure = Failure::permanent(problem.reason, problem.message);
+                    return self.fail(Some(&valid.destination), failure, false).await;
+                }
+                Err(error @ ReadError::Api { .. }) => {
+                    return Err(Error::ReadSecret(Box::new(error)));
+                }
+            };
+
+        let since_source_check = self.since_source_check();
+        let check_due =
+            decide::source_check_due(valid.interval, valid.source_is_digest, since_source_check);
+        let cause = match decide::plan(
+            false,
+            self.generation,
+            &self.current,
+            &valid.destination,
+            check_due,
+        ) {
+            Plan::Suspended => return self.suspended(&valid).await,
+            Plan::Copy(cause) => cause,
+            Plan::Verify { recheck_source } => {
+                match self
+                    .verify(
+                        &spec,
+                        &valid,
+                        &source_endpoint,
+                        &destination_endpoint,
+                        recheck_source,
+                    )
+                    .await
+                {
+                    Ok(Verdict::UpToDate) => {
+                        let since = if recheck_source {
+                            Some(Duration::ZERO)
+                        } else {
+                            since_source_check
+                        };
+                        return self.up_to_date(&valid, since).await;
+                    }
+                    Ok(Verdict::Copy(cause)) => cause,
+                    Err(error) => {
+                        return self
+                            .fail(
+                                Some(&valid.destination),
+                                Failure::from_copy_error(&error),
+                                false,
+                            )
+                            .await;
+                    }
+                }
+            }
+        };
+        self.copy(&spec, &valid, cause, source_endpoint, destination_endpoint)
+            .await
+    }
+
+    /// One HEAD at the destination and, when due, one at the source.
+    async fn verify(
+        &self,
+        spec: &BundleCopySpec,
+        valid: &ValidSpec,
+        source_endpoint: &EndpointOptions,
+        destination_endpoint: &EndpointOptions,
+        recheck_source: bool,
+    ) -> Result<Verdict, CopyError> {
+        let settings = &self.ctx.engine;
+        let at_destination = copy::resolve_digest(
+            &valid.destination,
+            destination_endpoint,
+            Side::Destination,
+            settings,
+        )
+        .await?;
+        let at_source = if recheck_source {
+            let digest = copy::resolve_digest(
+                &spec.source.reference,
+                source_endpoint,
+                Side::Source,
+                settings,
+            )
+            .await?;
+            self.ctx.remember_source_check(&self.key, Timestamp::now());
+            Some(digest)
+        } else {
+            None
+        };
+        let verdict = decide::after_verify(
+            &self.current,
+            at_destination.as_deref(),
+            at_source.as_ref().map(Option::as_deref),
+        );
+        tracing::debug!(
+            ?verdict,
+            ?at_destination,
+            ?at_source,
+            "checked the registries"
+        );
+        Ok(verdict)
+    }
+
+    async fn copy(
+        mut self,
+        spec: &BundleCopySpec,
+        valid: &ValidSpec,
+        cause: CopyCause,
+        source_endpoint: EndpointOptions,
+        destination_endpoint: EndpointOptions,
+    ) -> Result<Action, Error> {
+        let _slot = self
+            .ctx
+            .copy_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let request = CopyRequest {
+            source: spec.source.reference.clone(),
+            destination: spec.destination.reference.clone(),
+            source_endpoint,
+            destination_endpoint,
+            // A moved source tag is only acted on after a HEAD showed the destination still holds
+            // our own last copy: replacing it is what `interval` asks for, not a clobber.
+            force: spec.force || cause == CopyCause::SourceMoved,
+            settings: self.ctx.engine.clone(),
+        };
+        let progress = Progress::default();
+        let copying = |progress: CopyProgress| Phase::Copying {
+            progress,
+            cause: cause.describe(),
+        };
+        self.write(
+            Some(&valid.destination),
+            copying(progress.snapshot().into()),
+        )
+        .await?;
+        let started_note = format!(
+            "copying {} to {} because {}",
+            spec.source.reference,
+            valid.destination,
+            cause.describe()
+        );
+        self.publish(
+            EventType::Normal,
+            event_reasons::COPY_STARTED,
+            "Copy",
+            started_note,
+        )
+        .await;
+        tracing::info!(cause = cause.describe(), "copy started");
+
+        self.ctx.metrics.copies_in_flight.inc();
+        let started = Instant::now();
+        let result = {
+            let copy = copy::copy_bundle(&request, &progress);
+            tokio::pin!(copy);
+            let every = self.ctx.progress_every;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // A slow API server must not cause a burst of catch-up patches.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    result = &mut copy => break result,
+                    _ = ticker.tick() => {
+                        // Progress is best effort: a failed patch must not abort the copy.
+                        if let Err(error) = self.write(Some(&valid.destination), copying(progress.snapshot().into())).await {
+                            tracing::warn!(%error, "could not report copy progress");
+                        }
+                    }
+                }
+            }
+        };
+        self.ctx.metrics.copies_in_flight.dec();
+        self.ctx
+            .metrics
+            .record_copy(started.elapsed().as_secs_f64(), &progress.snapshot());
+
+        match result {
+            Ok(outcome) => self.copied(valid, &outcome).await,
+            Err(error) => {
+                tracing::warn!(%error, "copy failed");
+                self.fail(
+                    Some(&valid.destination),
+                    Failure::from_copy_error(&error),
+                    true,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn copied(mut self, valid: &ValidSpec, outcome: &CopyOutcome) -> Result<Action, Error> {
+        self.ctx.forget_failures(&self.key);
+        self.ctx.remember_source_check(&self.key, Timestamp::now());
+        self.write(Some(&valid.destination), Phase::Copied { outcome })
+            .await?;
+        let p = &outcome.progress;
+        let note = if outcome.up_to_date {
+            format!(
+                "{} already holds {}",
+                outcome.destination, outcome.destination_digest
+            )
+        } else {
+            format!(
+                "copied {} to {} ({}): {} blobs copied, {} mounted, {} already present, {} bytes",
+                outcome.source,
+                outcome.destination,
+                outcome.destination_digest,
+                p.copied,
+                p.mounted,
+                p.skipped,
+                p.bytes
+            )
+        };
+        tracing::info!(digest = %outcome.destination_digest, up_to_date = outcome.up_to_date, "copy finished");
+        self.publish(EventType::Normal, event_reasons::COPIED, "Copy", note)
+            .await;
+        Ok(requeue(decide::requeue_after_success(
+            valid.interval,
+            Some(Duration::ZERO),
+        )))
+    }
+
+    async fn up_to_date(
+        mut self,
+        valid: &ValidSpec,
+        since_source_check: Option<Duration>,
+    ) -> Result<Action, Error> {
+        self.ctx.forget_failures(&self.key);
+        self.write(Some(&valid.destination), Phase::Verified)
+            .await?;
+        Ok(requeue(decide::requeue_after_success(
+            valid.interval,
+            since_source_check,
+        )))
+    }
+
+    async fn suspended(mut self, valid: &ValidSpec) -> Result<Action, Error> {
+        self.ctx.forget_failures(&self.key);
+        self.write(Some(&valid.destination), Phase::Suspended)
+            .await?;
+        Ok(Action::await_change())
+    }
+
+    /// Reports a failure; `copy_attempted` makes a CopyFailed event certain (a CopyStarted
+    /// preceded it), otherwise one is sent only when the Ready condition changes.
+    async fn fail(
+        mut self,
+        destination: Option<&str>,
+        failure: Failure,
+        copy_attempted: bool,
+    ) -> Result<Action, Error> {
+        // Condition messages are bounded by the API; keep well inside it.
+        let failure = Failure {
+            message: truncate(failure.message, MAX_MESSAGE_BYTES),
+            ..failure
+        };
+        self.ctx.metrics.record_failure(failure.reason);
+        let before = self.current.condition(condition_types::READY).cloned();
+        self.write(
+            destination,
+            Phase::Failed {
+                reason: failure.reason,
+                message: &failure.message,
+                stalled: !failure.transient,
+            },
+        )
+        .await?;
+        let after = self.current.condition(condition_types::READY).cloned();
+        let ready_changed = before.map(|c| (c.status, c.reason, c.message))
+            != after.map(|c| (c.status, c.reason, c.message));
+        if copy_attempted || ready_changed {
+            let note = format!("{}: {}", failure.reason, failure.message);
+            self.publish(
+                EventType::Warning,
+                event_reasons::COPY_FAILED,
+                failure.reason.as_str(),
+                note,
+            )
+            .await;
+        }
+        let wait = if failure.transient {
+            let failures = self.ctx.count_failure(&self.key);
+            decide::transient_backoff(failures, failure.retry_after)
+        } else {
+            decide::PERMANENT_RETRY
+        };
+        tracing::info!(reason = %failure.reason, transient = failure.transient, retry_in = ?wait, "not ready: {}", failure.message);
+        Ok(Action::requeue(wait))
+    }
+
+    /// Applies the status after `phase` unless it equals the current one.
+    async fn write(&mut self, destination: Option<&str>, phase: Phase<'_>) -> Result<(), Error> {
+        let next = status::next_status(
+            &self.current,
+            self.generation,
+            destination,
+            phase,
+            Timestamp::now(),
+        );
+        if status::is_unchanged(&self.current, &next) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": BundleCopy::api_version(&()),
+            "kind": BundleCopy::kind(&()),
+            "status": next,
+        });
+        self.api
+            .patch_status(
+                &self.object.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::PatchStatus)?;
+        self.current = next;
+        Ok(())
+    }
+
+    /// `action` is part of the Recorder's de-duplication key: repeats of one event within minutes
+    /// become one Event series (keeping the first note), so failures use their Ready reason here.
+    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(truncate(note, 1000)),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.object.object_ref(&()))
+            .await
+        {
+            tracing::warn!(%error, reason, "could not publish an event");
+        }
+    }
+
+    /// Time since the source was last resolved: remembered in this process, else lastCopyTime.
+    fn since_source_check(&self) -> Option<Duration> {
+        let last_copy = self.current.last_copy_time.as_ref().map(|time| time.0);
+        let last = match (self.ctx.last_source_check(&self.key), last_copy) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }?;
+        let elapsed = Timestamp::now().duration_since(last);
+        Some(Duration::try_from(elapsed).unwrap_or(Duration::ZERO))
+    }
+}
+
+fn requeue(after: Option<Duration>) -> Action {
+    after.map_or_else(Action::await_change, Action::requeue)
+}
+
+/// Event notes are limited to 1 kB.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_from_the_engine_keep_reason_and_transience() {
+        let error = CopyError::Tls {
+            side: Side::Destination,
+            registry: "localhost:5002".into(),
+            detail: "unknown issuer".into(),
+        };
+        let failure = Failure::from_copy_error(&error);
+        assert_eq!(failure.reason, Reason::TLSError);
+        assert!(!failure.transient);
+        assert!(
+            failure.message.contains("spec.destination.caSecretRef"),
+            "{}",
+            failure.message
+        );
+
+        let limited = CopyError::RateLimited {
+            side: Side::Source,
+            registry: "r".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        let failure = Failure::from_copy_error(&limited);
+        assert!(failure.transient);
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
+
+        let denied = CopyError::AuthenticationFailed {
+            side: Side::Source,
+            registry: "r".into(),
+            detail: "401".into(),
+        };
+        assert!(
+            Failure::from_copy_error(&denied)
+                .message
+                .contains("spec.source.credentials")
+        );
+    }
+
+    fn spec(source: &str, destination: &str, interval: Option<&str>) -> BundleCopySpec {
+        serde_json::from_value(serde_json::json!({
+            "source": {"reference": source},
+            "destination": {"reference": destination},
+            "interval": interval,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn validation_resolves_the_destination_and_interval() {
+        let valid = validate(&spec(
+            "localhost:5001/examples/hello:v1",
+            "localhost:5002/team",
+            Some("10m"),
+        ))
+        .unwrap();
+        assert_eq!(valid.destination, "localhost:5002/team/hello:v1");
+        assert!(!valid.source_is_digest);
+        assert_eq!(valid.interval, Some(Duration::from_secs(600)));
+
+        let digest = format!("localhost:5001/hello@sha256:{}", "a".repeat(64));
+        let valid = validate(&spec(&digest, "localhost:5002/team/hello:v2", None)).unwrap();
+        assert!(valid.source_is_digest);
+        assert_eq!(valid.destination, "localhost:5002/team/hello:v2");
+    }
+
+    #[test]
+    fn validation_names_the_field_at_fault() {
+        let cases = [
+            (
+                spec("Not A Reference", "localhost:5002/team", None),
+                "spec.source.reference",
+            ),
+            (
+                spec(
+                    &format!("localhost:5001/hello@sha256:{}", "a".repeat(64)),
+                    "localhost:5002/team",
+                    None,
+                ),
+                "spec.destination.reference",
+            ),
+            (
+                spec("localhost:5001/hello:v1", "localhost:5001/hello:v1", None),
+                "is the source itself",
+            ),
+            (
+                spec(
+                    "localhost:5001/hello:v1",
+                    "localhost:5002/team",
+                    Some("soon"),
+                ),
+                "spec.interval",
+            ),
+            (
+                spec(
+                    "localhost:5001/hello:v1",
+                    "localhost:5002/team",
+                    Some("10s"),
+                ),
+                "shorter than the minimum",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let message = validate(&spec).unwrap_err();
+            assert!(
+                message.contains(expected),
+                "{expected:?} not in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn notes_are_truncated_on_a_char_boundary() {
+        assert_eq!(truncate("é".repeat(600), 1000).len(), 1000);
+        assert_eq!(truncate("abc".into(), 1000), "abc");
+        assert_eq!(truncate("aé".into(), 2), "a");
+    }
+}

@@ -1,0 +1,639 @@
+//! Pure status computation: the three conditions, copy facts, and the no-op test that keeps
+//! the controller from patching a status that would not change.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{BundleCopyStatus, BundleIdentity, CopyProgress, RelocatedImage, condition_types};
+use crate::copy::CopyOutcome;
+use crate::error::Reason;
+
+/// Reason of Reconciling (True) and Stalled (False) while a copy runs.
+pub const REASON_COPYING: &str = "Copying";
+
+/// What happened in this reconcile, as far as the status is concerned.
+#[derive(Debug, Clone)]
+pub enum Phase<'a> {
+    /// A copy is running.
+    Copying {
+        progress: CopyProgress,
+        cause: &'a str,
+    },
+    /// A copy finished (or found the destination already holding the bundle).
+    Copied { outcome: &'a CopyOutcome },
+    /// The copy of this generation is still in place; nothing changes.
+    Verified,
+    /// Something failed. `stalled`: only a change of spec or Secret can help.
+    Failed {
+        reason: Reason,
+        message: &'a str,
+        stalled: bool,
+    },
+    /// `spec.suspend` is set.
+    Suspended,
+}
+
+/// The status after `phase`, starting from `current`. `destination` is the resolved destination
+/// when the spec could be resolved; copy facts about another destination are dropped.
+pub fn next_status(
+    current: &BundleCopyStatus,
+    generation: i64,
+    destination: Option<&str>,
+    phase: Phase<'_>,
+    now: Timestamp,
+) -> BundleCopyStatus {
+    let mut next = owned_view(current);
+    next.observed_generation = Some(generation);
+    if let Some(destination) = destination
+        && next.destination.as_deref() != Some(destination)
+    {
+        next = BundleCopyStatus {
+            observed_generation: next.observed_generation,
+            conditions: next.conditions,
+            destination: Some(destination.to_string()),
+            ..Default::default()
+        };
+    }
+    let now = Time(round_to_seconds(now));
+    let previous = current.conditions.as_slice();
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        make_condition(previous, type_, status, reason, message, generation, &now)
+    };
+    let mut conditions: Vec<Condition> = Vec::with_capacity(3);
+    match phase {
+        Phase::Copying { progress, cause } => {
+            // Ready keeps what it said: the previous copy is still in place while the new one runs.
+            conditions.extend(next.condition(condition_types::READY).cloned());
+            let message = format!(
+                "copying to {} because {cause}",
+                next.destination.as_deref().unwrap_or("the destination")
+            );
+            conditions.push(condition(
+                condition_types::RECONCILING,
+                true,
+                REASON_COPYING,
+                message,
+            ));
+            conditions.push(condition(
+                condition_types::STALLED,
+                false,
+                REASON_COPYING,
+                String::new(),
+            ));
+            next.progress = Some(progress);
+        }
+        Phase::Copied { outcome } => {
+            let reason = if outcome.up_to_date {
+                Reason::UpToDate
+            } else {
+                Reason::Copied
+            };
+            let message = if outcome.up_to_date {
+                format!(
+                    "{} already holds {} from {}",
+                    outcome.destination, outcome.destination_digest, outcome.source
+                )
+            } else {
+                format!(
+                    "copied {} to {} ({})",
+                    outcome.source, outcome.destination, outcome.destination_digest
+                )
+            };
+            conditions.push(condition(
+                condition_types::READY,
+                true,
+                reason.as_str(),
+                message,
+            ));
+            conditions.push(condition(
+                condition_types::RECONCILING,
+                false,
+                reason.as_str(),
+                String::new(),
+            ));
+            conditions.push(condition(
+                condition_types::STALLED,
+                false,
+                reason.as_str(),
+                String::new(),
+            ));
+            next.source_digest = Some(outcome.source_digest.clone());
+            // The resolved destination of the spec stays the key that later reconciles compare.
+            next.destination
+                .get_or_insert_with(|| outcome.destination.clone());
+            next.destination_digest = Some(outcome.destination_digest.clone());
+            next.short_digest = Some(short_digest(&outcome.destination_digest));
+            next.bundle = Some(BundleIdentity {
+                name: outcome.bundle.name.clone(),
+                version: outcome.bundle.version.clone(),
+            });
+            next.images = outcome
+                .images
+                .iter()
+                .map(|image| RelocatedImage {
+                    name: image.name.clone(),
+                    image: image.image.clone(),
+                    relocated: image.relocated.clone(),
+                })
+                .collect();
+            next.progress = Some(outcome.progress.into());
+            next.last_copy_time = Some(now.clone());
+        }
+        Phase::Verified => {
+            let ready = next.condition(condition_types::READY).cloned();
+            let reason = ready
+                .as_ref()
+                .map_or(Reason::UpToDate.as_str(), |r| r.reason.as_str())
+                .to_string();
+            conditions.extend(ready);
+            conditions.push(condition(
+                condition_types::RECONCILING,
+                false,
+                &reason,
+                String::new(),
+            ));
+            conditions.push(condition(
+                condition_types::STALLED,
+                false,
+                &reason,
+                String::new(),
+            ));
+        }
+        Phase::Failed {
+            reason,
+            message,
+            stalled,
+        } => {
+            conditions.push(condition(
+                condition_types::READY,
+                false,
+                reason.as_str(),
+                message.to_string(),
+            ));
+            conditions.push(condition(
+                condition_types::RECONCILING,
+                false,
+                reason.as_str(),
+                String::new(),
+            ));
+            let stalled_message = if stalled {
+                "only a change of the spec or of a Secret can fix this; see the Ready condition"
+                    .to_string()
+            } else {
+                "the error may be temporary; retrying with backoff".to_string()
+            };
+            conditions.push(condition(
+                condition_types::STALLED,
+                stalled,
+                reason.as_str(),
+                stalled_message,
+            ));
+        }
+        Phase::Suspended => {
+            let reason = Reason::Suspended.as_str();
+            let message =
+                "spec.suspend is true: no registry is contacted; set it to false to resume copying";
+            conditions.push(condition(
+                condition_types::READY,
+                false,
+                reason,
+                message.to_string(),
+            ));
+            conditions.push(condition(
+                condition_types::RECONCILING,
+                false,
+                reason,
+                String::new(),
+            ));
+            conditions.push(condition(
+                condition_types::STALLED,
+                false,
+                reason,
+                String::new(),
+            ));
+        }
+    }
+    next.conditions = conditions;
+    next
+}
+
+/// A condition that keeps its `lastTransitionTime` when its status did not change.
+fn make_condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time,
+    }
+}
+
+/// `sha256:0123456789ab` from a full digest.
+pub fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algorithm, hex)) => format!("{algorithm}:{}", hex.get(..12).unwrap_or(hex)),
+        None => digest.get(..12).unwrap_or(digest).to_string(),
+    }
+}
+
+/// The part of a status this controller owns: conditions of other types belong to other field
+/// managers and are neither sent nor compared.
+fn owned_view(status: &BundleCopyStatus) -> BundleCopyStatus {
+    let mut owned = status.clone();
+    owned.conditions.retain(|c| is_owned_condition(&c.type_));
+    owned
+}
+
+fn is_owned_condition(type_: &str) -> bool {
+    [
+        condition_types::READY,
+        condition_types::RECONCILING,
+        condition_types::STALLED,
+    ]
+    .contains(&type_)
+}
+
+/// Whether applying `next` would change nothing in `current` (condition order ignored).
+pub fn is_unchanged(current: &BundleCopyStatus, next: &BundleCopyStatus) -> bool {
+    let sorted = |status: &BundleCopyStatus| {
+        let mut view = owned_view(status);
+        view.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        view
+    };
+    sorted(current) == sorted(next)
+}
+
+/// Timestamps are compared for no-op detection; the API server may keep only whole seconds.
+fn round_to_seconds(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::{BundleInfo, ProgressSnapshot, RelocatedImage as EngineImage};
+    use std::collections::BTreeMap;
+
+    const DEST: &str = "localhost:5002/team/hello:v1";
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + second).unwrap()
+    }
+
+    fn outcome(up_to_date: bool) -> CopyOutcome {
+        CopyOutcome {
+            source: "localhost:5001/hello:v1".into(),
+            source_digest: "sha256:0123456789abcdef".into(),
+            destination: DEST.into(),
+            destination_digest: "sha256:0123456789abcdef".into(),
+            up_to_date,
+            bundle: BundleInfo {
+                name: "hello".into(),
+                version: "0.1.0".into(),
+            },
+            images: vec![EngineImage {
+                name: "invocation".into(),
+                image: "localhost:5001/hello-installer:v1".into(),
+                relocated: "localhost:5002/team/hello@sha256:feed".into(),
+                digest: "sha256:feed".into(),
+            }],
+            relocation_map: BTreeMap::new(),
+            progress: ProgressSnapshot {
+                blobs: 3,
+                copied: 2,
+                skipped: 1,
+                bytes: 100,
+                total_bytes: 120,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn find<'a>(status: &'a BundleCopyStatus, type_: &str) -> &'a Condition {
+        status
+            .condition(type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+    }
+
+    #[test]
+    fn a_copy_sets_facts_and_three_conditions_with_the_generation() {
+        let copied = outcome(false);
+        let status = next_status(
+            &Default::default(),
+            4,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(0),
+        );
+        assert_eq!(status.observed_generation, Some(4));
+        let ready = find(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Copied")
+        );
+        assert!(ready.message.contains(DEST), "{}", ready.message);
+        for type_ in ["Ready", "Reconciling", "Stalled"] {
+            assert_eq!(find(&status, type_).observed_generation, Some(4), "{type_}");
+        }
+        assert_eq!(find(&status, "Reconciling").status, "False");
+        assert_eq!(find(&status, "Stalled").status, "False");
+        assert_eq!(
+            status.source_digest.as_deref(),
+            Some("sha256:0123456789abcdef")
+        );
+        assert_eq!(
+            status.destination_digest.as_deref(),
+            Some("sha256:0123456789abcdef")
+        );
+        assert_eq!(status.short_digest.as_deref(), Some("sha256:0123456789ab"));
+        assert_eq!(status.destination.as_deref(), Some(DEST));
+        assert_eq!(
+            status.bundle,
+            Some(BundleIdentity {
+                name: "hello".into(),
+                version: "0.1.0".into()
+            })
+        );
+        assert_eq!(
+            status.images[0].relocated,
+            "localhost:5002/team/hello@sha256:feed"
+        );
+        assert_eq!(
+            status.progress,
+            Some(CopyProgress {
+                blobs: 3,
+                copied: 2,
+                mounted: 0,
+                skipped: 1,
+                bytes: 100,
+                total_bytes: 120
+            })
+        );
+        assert_eq!(status.last_copy_time, Some(Time(at(0))));
+
+        let up_to_date = outcome(true);
+        let status = next_status(
+            &Default::default(),
+            4,
+            Some(DEST),
+            Phase::Copied {
+                outcome: &up_to_date,
+            },
+            at(0),
+        );
+        assert_eq!(find(&status, "Ready").reason, "UpToDate");
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_when_the_status_flips() {
+        let failed = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Failed {
+                reason: Reason::Unreachable,
+                message: "registry down",
+                stalled: false,
+            },
+            at(0),
+        );
+        // Same status (False), other reason and message: the transition time stays.
+        let failed_again = next_status(
+            &failed,
+            1,
+            Some(DEST),
+            Phase::Failed {
+                reason: Reason::AuthenticationFailed,
+                message: "refused",
+                stalled: true,
+            },
+            at(30),
+        );
+        assert_eq!(
+            find(&failed_again, "Ready").last_transition_time,
+            Time(at(0))
+        );
+        assert_eq!(find(&failed_again, "Ready").reason, "AuthenticationFailed");
+        assert_eq!(find(&failed_again, "Stalled").status, "True");
+        assert_eq!(
+            find(&failed_again, "Stalled").last_transition_time,
+            Time(at(30)),
+            "Stalled flipped"
+        );
+        let copied = outcome(false);
+        let recovered = next_status(
+            &failed_again,
+            2,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(60),
+        );
+        assert_eq!(find(&recovered, "Ready").last_transition_time, Time(at(60)));
+        assert_eq!(
+            find(&recovered, "Reconciling").last_transition_time,
+            Time(at(0)),
+            "False all along"
+        );
+        assert_eq!(find(&recovered, "Ready").observed_generation, Some(2));
+    }
+
+    #[test]
+    fn verifying_a_finished_copy_changes_nothing() {
+        let copied = outcome(false);
+        let status = next_status(
+            &Default::default(),
+            3,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(0),
+        );
+        let verified = next_status(&status, 3, Some(DEST), Phase::Verified, at(500));
+        assert!(
+            is_unchanged(&status, &verified),
+            "{status:#?}\n{verified:#?}"
+        );
+        assert_eq!(verified, status);
+    }
+
+    #[test]
+    fn repeating_a_failure_is_a_no_op() {
+        let phase = || Phase::Failed {
+            reason: Reason::SecretNotFound,
+            message: "Secret x not found",
+            stalled: true,
+        };
+        let first = next_status(&Default::default(), 1, Some(DEST), phase(), at(0));
+        let second = next_status(&first, 1, Some(DEST), phase(), at(99));
+        assert!(is_unchanged(&first, &second));
+        let third = next_status(&first, 2, Some(DEST), phase(), at(99));
+        assert!(
+            !is_unchanged(&first, &third),
+            "a new generation must be reported"
+        );
+        assert_eq!(find(&third, "Ready").observed_generation, Some(2));
+    }
+
+    #[test]
+    fn copying_keeps_ready_and_reports_progress() {
+        let copied = outcome(false);
+        let done = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(0),
+        );
+        let progress = CopyProgress {
+            blobs: 9,
+            copied: 1,
+            ..Default::default()
+        };
+        let copying = next_status(
+            &done,
+            2,
+            Some(DEST),
+            Phase::Copying {
+                progress,
+                cause: "the source tag moved",
+            },
+            at(10),
+        );
+        let ready = find(&copying, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.observed_generation),
+            ("True", Some(1)),
+            "old Ready kept, old generation"
+        );
+        let reconciling = find(&copying, "Reconciling");
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            ("True", "Copying")
+        );
+        assert!(reconciling.message.contains("source tag moved"));
+        assert_eq!(copying.progress, Some(progress));
+        assert_eq!(
+            copying.source_digest, done.source_digest,
+            "facts of the last copy stay"
+        );
+
+        let first = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Copying {
+                progress,
+                cause: "x",
+            },
+            at(0),
+        );
+        assert!(
+            first.condition("Ready").is_none(),
+            "no Ready before the first copy ends"
+        );
+    }
+
+    #[test]
+    fn a_new_destination_drops_old_facts() {
+        let copied = outcome(false);
+        let done = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(0),
+        );
+        let moved = next_status(
+            &done,
+            2,
+            Some("localhost:5002/elsewhere:v1"),
+            Phase::Failed {
+                reason: Reason::Unreachable,
+                message: "down",
+                stalled: false,
+            },
+            at(5),
+        );
+        assert_eq!(
+            moved.destination.as_deref(),
+            Some("localhost:5002/elsewhere:v1")
+        );
+        assert_eq!(
+            (
+                moved.source_digest.as_ref(),
+                moved.bundle.as_ref(),
+                moved.images.len()
+            ),
+            (None, None, 0)
+        );
+        let invalid = next_status(
+            &done,
+            2,
+            None,
+            Phase::Failed {
+                reason: Reason::InvalidSpec,
+                message: "bad",
+                stalled: true,
+            },
+            at(5),
+        );
+        assert_eq!(
+            invalid.source_digest, done.source_digest,
+            "an unresolvable spec keeps what is known"
+        );
+    }
+
+    #[test]
+    fn suspended_is_ready_false_and_not_stalled() {
+        let status = next_status(&Default::default(), 1, Some(DEST), Phase::Suspended, at(0));
+        let ready = find(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Suspended")
+        );
+        assert_eq!(find(&status, "Stalled").status, "False");
+    }
+
+    #[test]
+    fn conditions_of_other_managers_are_left_alone() {
+        let mut current = next_status(&Default::default(), 1, Some(DEST), Phase::Suspended, at(0));
+        let foreign = Condition {
+            type_: "example.com/Audited".into(),
+            status: "True".into(),
+            reason: "Checked".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(at(0)),
+        };
+        current.conditions.insert(0, foreign);
+        let next = next_status(&current, 1, Some(DEST), Phase::Suspended, at(10));
+        assert!(
+            next.condition("example.com/Audited").is_none(),
+            "not ours to apply"
+        );
+        assert!(is_unchanged(&current, &next));
+    }
+
+    #[test]
+    fn short_digests() {
+        assert_eq!(
+            short_digest("sha256:0123456789abcdef0123"),
+            "sha256:0123456789ab"
+        );
+        assert_eq!(short_digest("sha256:abc"), "sha256:abc");
+        assert_eq!(short_digest("odd"), "odd");
+    }
+}
