@@ -4,9 +4,11 @@
 mod support;
 
 mod bad_input;
+mod chart;
 mod controller;
 mod controller_loop;
 mod copy;
+mod dockerfile;
 mod e2e;
 mod faults;
 mod harness_smoke;
