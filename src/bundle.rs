@@ -757,4 +757,96 @@ mod tests {
             assert!(validate_digest(bad).is_err(), "{bad}");
         }
     }
+
+    /// JSON shaped like bundle indexes, manifests and bundle.json: the member names and values
+    /// the parsers look for, mixed with arbitrary ones, nested a few levels.
+    fn bundle_shaped_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from(D1)),
+            Just(serde_json::Value::from(OCI_INDEX)),
+            Just(serde_json::Value::from(OCI_MANIFEST)),
+            Just(serde_json::Value::from(DOCKER_MANIFEST_LIST)),
+            Just(serde_json::Value::from("config")),
+            Just(serde_json::Value::from("invocation")),
+            Just(serde_json::Value::from("component")),
+            "[a-z0-9:./-]{0,16}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("mediaType".to_string()),
+                        Just("manifests".to_string()),
+                        Just("config".to_string()),
+                        Just("layers".to_string()),
+                        Just("digest".to_string()),
+                        Just("size".to_string()),
+                        Just("annotations".to_string()),
+                        Just("urls".to_string()),
+                        Just(ANNOTATION_MANIFEST_TYPE.to_string()),
+                        Just(ANNOTATION_COMPONENT_NAME.to_string()),
+                        Just("invocationImages".to_string()),
+                        Just("images".to_string()),
+                        Just("image".to_string()),
+                        Just("name".to_string()),
+                        "[a-zA-Z]{0,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    const MEDIA_TYPES: [&str; 6] = [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+        "application/json",
+        "",
+    ];
+
+    /// Every parser over one document; none may panic, whatever the input.
+    fn parse_everything(bytes: &[u8], media_type: &str) {
+        let _ = Parsed::parse(bytes, media_type);
+        let _ = bundle_json_descriptor(bytes, media_type);
+        let bundle = BundleJson::parse(bytes);
+        if let Ok(index) = BundleIndex::parse(bytes, media_type) {
+            assert_eq!(index.manifests.len(), index.roles.len());
+            assert_eq!(index.roles[index.config], Role::Config);
+            let bundle = bundle.unwrap_or_default();
+            if let Ok(images) = bundle_images(&index, &bundle) {
+                let _ = relocation_map(&images, "registry.example.com/app");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        // Few cases: CI runs these on every change; the fuzz targets in fuzz/ go deep.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn parsers_never_panic_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            media_type in 0..MEDIA_TYPES.len(),
+        ) {
+            parse_everything(&bytes, MEDIA_TYPES[media_type]);
+        }
+
+        #[test]
+        fn parsers_never_panic_on_bundle_shaped_json(
+            document in bundle_shaped_json(),
+            media_type in 0..MEDIA_TYPES.len(),
+        ) {
+            parse_everything(document.to_string().as_bytes(), MEDIA_TYPES[media_type]);
+        }
+    }
 }

@@ -35,6 +35,10 @@ pub struct ConnectionArgs {
     /// Output format of the result on stdout
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Log filter for stderr (e.g. `info`, `bundlecopy=debug`) [default: warn, or $RUST_LOG]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
 }
 
 /// `bundlecopy copy`: the equivalent of `porter copy`.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use bundlecopy::cli::{self, CopyArgs, InspectArgs};
+use bundlecopy::controller::{self, ControllerArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,10 +15,6 @@ use bundlecopy::cli::{self, CopyArgs, InspectArgs};
     about = "Copy Porter (CNAB) bundles between OCI registries"
 )]
 struct Cli {
-    /// Log filter for stderr (e.g. `info`, `bundlecopy=debug`) [default: warn; $RUST_LOG]
-    #[arg(long, global = true, value_name = "FILTER")]
-    log_level: Option<String>,
-
     #[command(subcommand)]
     command: Command,
 }
@@ -28,9 +25,13 @@ enum Command {
     Copy(CopyArgs),
     /// Show a bundle's name, version, digest, images and relocation map
     Inspect(InspectArgs),
+    /// Run the BundleCopy operator against the current Kubernetes cluster
+    Controller(ControllerArgs),
+    /// Print the BundleCopy CustomResourceDefinition (YAML)
+    Crd,
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_cli_logging(filter: Option<&str>) {
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -46,8 +47,11 @@ fn init_logging(filter: Option<&str>) {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if let Command::Crd = args.command {
+        print!("{}", bundlecopy::api::crd_yaml());
+        return ExitCode::SUCCESS;
+    }
     bundlecopy::install_crypto_provider();
-    init_logging(args.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,14 +64,25 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Copy(copy) => cli::run_copy(copy).await,
-            Command::Inspect(inspect) => cli::run_inspect(inspect).await,
+            Command::Copy(copy) => {
+                init_cli_logging(copy.connection.log_level.as_deref());
+                cli::run_copy(copy).await.map_err(|e| e.message)
+            }
+            Command::Inspect(inspect) => {
+                init_cli_logging(inspect.connection.log_level.as_deref());
+                cli::run_inspect(inspect).await.map_err(|e| e.message)
+            }
+            // The controller sets up its own logging (text or JSON).
+            Command::Controller(controller) => controller::run(controller)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Command::Crd => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", e.message);
+        Err(message) => {
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

@@ -36,16 +36,14 @@ const USER_AGENT: &str = concat!("bundlecopy/", env!("CARGO_PKG_VERSION"));
 /// Parse PEM CA certificates; an error names what is wrong, never the bytes.
 pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, CopyError> {
     let invalid = |detail: String| CopyError::InvalidCa { side, detail };
-    let certs = reqwest::Certificate::from_pem_bundle(pem)
-        .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))?;
-    if certs.is_empty() {
+    // Check each block decodes as X.509 DER first: reqwest parses lazily for rustls, and when it
+    // does fail it only says "builder error", which does not tell the user what to fix.
+    let text = String::from_utf8_lossy(pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
         return Err(invalid(
             "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
         ));
     }
-    // reqwest parses lazily for rustls: check each block decodes as X.509 DER now, so garbage is
-    // reported here instead of as a TLS failure later.
-    let text = String::from_utf8_lossy(pem);
     for (i, block) in text
         .split("-----BEGIN CERTIFICATE-----")
         .skip(1)
@@ -67,6 +65,13 @@ pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Cop
                 i + 1
             )));
         }
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
     }
     Ok(certs)
 }

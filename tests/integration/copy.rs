@@ -42,6 +42,16 @@ fn request(
     }
 }
 
+/// Run the CLI off the async runtime, so registries' token servers and clients keep running.
+async fn cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
 async fn copy(request: &CopyRequest) -> Result<CopyOutcome, CopyError> {
     copy_bundle(request, &Progress::default()).await
 }
@@ -84,12 +94,15 @@ async fn copy_http_to_http_with_the_cli_and_skopeo_reads_the_copy() {
     let dst = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(&src, "team/hello", "v1", &small_bundle("hello")).await;
 
-    let (code, stdout, stderr) = tokio::task::spawn_blocking({
-        let (source, destination) = (pushed.reference.clone(), format!("{}/mirror", dst.host()));
-        move || run_cli(&["copy", "--source", &source, "--destination", &destination])
-    })
-    .await
-    .unwrap();
+    let destination = format!("{}/mirror", dst.host());
+    let (code, stdout, stderr) = cli(&[
+        "copy",
+        "--source",
+        &pushed.reference,
+        "--destination",
+        &destination,
+    ])
+    .await;
     assert_eq!(code, 0, "stderr: {stderr}");
     // Porter's derivation: registry/org + the source's last path segment and tag.
     let expected = format!("{}/mirror/hello:v1@{}", dst.host(), pushed.index_digest);
@@ -124,18 +137,15 @@ async fn copy_http_to_tls_with_insecure_registry_flag() {
         pushed.reference.clone(),
         format!("{}/tls/hello:v2", dst.host()),
     );
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&[
-            "copy",
-            "--source",
-            &source,
-            "--destination",
-            &destination,
-            "--insecure-registry",
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) = cli(&[
+        "copy",
+        "--source",
+        &source,
+        "--destination",
+        &destination,
+        "--insecure-registry",
+    ])
+    .await;
     assert_eq!(code, 0, "stderr: {stderr}");
     assert!(stdout.contains(&pushed.index_digest));
     assert_bundle_copied(&src, "hello", &dst, "tls/hello", "v2", &pushed.index_digest).await;
@@ -151,19 +161,16 @@ async fn copy_http_to_tls_with_destination_ca_file_verifies_on_loopback() {
         pushed.reference.clone(),
         format!("localhost:{}/verified", dst.port()),
     );
-    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&[
-            "copy",
-            "--source",
-            &source,
-            "--destination",
-            &destination,
-            "--destination-ca-file",
-            ca.to_str().unwrap(),
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, _, stderr) = cli(&[
+        "copy",
+        "--source",
+        &source,
+        "--destination",
+        &destination,
+        "--destination-ca-file",
+        ca.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(code, 0, "stderr: {stderr}");
     assert_bundle_copied(
         &src,
@@ -184,21 +191,18 @@ async fn copy_to_tls_with_basic_auth_from_docker_config() {
     let ca = dst.ca_file().unwrap();
     let config_dir = dst.docker_config_dir();
     let (source, destination) = (pushed.reference.clone(), format!("{}/private", dst.host()));
-    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&[
-            "copy",
-            "--source",
-            &source,
-            "--destination",
-            &destination,
-            "--destination-ca-file",
-            ca.to_str().unwrap(),
-            "--docker-config",
-            config_dir.to_str().unwrap(),
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, _, stderr) = cli(&[
+        "copy",
+        "--source",
+        &source,
+        "--destination",
+        &destination,
+        "--destination-ca-file",
+        ca.to_str().unwrap(),
+        "--docker-config",
+        config_dir.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(code, 0, "stderr: {stderr}");
     assert_bundle_copied(
         &src,
@@ -388,11 +392,8 @@ async fn copy_refuses_a_different_bundle_at_the_tag_unless_forced() {
 
     // The CLI says what to do.
     let (source, destination) = (first.reference.clone(), destination.clone());
-    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&["copy", "--source", &source, "--destination", &destination])
-    })
-    .await
-    .unwrap();
+    let (code, _, stderr) =
+        cli(&["copy", "--source", &source, "--destination", &destination]).await;
     assert_eq!(code, 1);
     assert!(
         stderr.contains("--force") && stderr.lines().count() == 1,
@@ -629,11 +630,8 @@ async fn copy_cli_errors_are_one_line_with_the_fix() {
     let tls = TestRegistry::start(RegistryKind::Tls).await;
     let pushed = push_bundle(&src, "hello", "v1", &small_bundle("hello")).await;
     let (source, destination) = (pushed.reference.clone(), format!("{}/x", tls.host()));
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&["copy", "--source", &source, "--destination", &destination])
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) =
+        cli(&["copy", "--source", &source, "--destination", &destination]).await;
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
     let error_lines: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
@@ -644,11 +642,7 @@ async fn copy_cli_errors_are_one_line_with_the_fix() {
         "{stderr}"
     );
 
-    let (code, _, stderr) = tokio::task::spawn_blocking(|| {
-        run_cli(&["copy", "--source", "Not/A Ref", "--destination", "x"])
-    })
-    .await
-    .unwrap();
+    let (code, _, stderr) = cli(&["copy", "--source", "Not/A Ref", "--destination", "x"]).await;
     assert_eq!(code, 1);
     assert!(stderr.contains("invalid reference"), "{stderr}");
 }
@@ -658,10 +652,7 @@ async fn inspect_reports_the_bundle_and_cnab_to_oci_relocation_map() {
     let src = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(&src, "team/hello", "v1", &small_bundle("hello")).await;
     let reference = pushed.reference.clone();
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_cli(&["inspect", &reference, "--output", "json"]))
-            .await
-            .unwrap();
+    let (code, stdout, stderr) = cli(&["inspect", &reference, "--output", "json"]).await;
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["digest"], pushed.index_digest);

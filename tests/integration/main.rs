@@ -3,9 +3,14 @@
 
 mod support;
 
+mod bad_input;
+mod chart;
 mod controller;
 mod controller_loop;
 mod controller_run;
 mod copy;
+mod dockerfile;
 mod e2e;
+mod faults;
 mod harness_smoke;
+mod security;
