@@ -41,18 +41,25 @@ pub struct ControllerArgs {
     /// when not given.
     #[arg(
         long = "namespace",
+        value_name = "NS",
         env = "BUNDLECOPY_NAMESPACE",
         value_delimiter = ','
     )]
     pub namespaces: Vec<String>,
 
     /// Copies that may run at the same time.
-    #[arg(long, env = "BUNDLECOPY_MAX_CONCURRENT_COPIES", default_value_t = 4,
+    #[arg(long, value_name = "N",
+        env = "BUNDLECOPY_MAX_CONCURRENT_COPIES", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_copies: u16,
 
     /// Address of the /healthz, /readyz and /metrics server.
-    #[arg(long, env = "BUNDLECOPY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "BUNDLECOPY_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Log line format.
@@ -60,7 +67,12 @@ pub struct ControllerArgs {
     pub log_format: LogFormat,
 
     /// Log filter, as an EnvFilter directive (e.g. `info` or `info,bundlecopy=debug`).
-    #[arg(long, env = "BUNDLECOPY_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "BUNDLECOPY_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 
     /// Reconcile only while holding a coordination.k8s.io Lease (for more than one replica).
@@ -68,23 +80,24 @@ pub struct ControllerArgs {
     pub leader_election: bool,
 
     /// Namespace of the Lease; defaults to $POD_NAMESPACE, else `default`.
-    #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION_NAMESPACE")]
+    #[arg(long, value_name = "NS", env = "BUNDLECOPY_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 
     /// Name of the Lease.
     #[arg(
         long,
+        value_name = "NAME",
         env = "BUNDLECOPY_LEADER_ELECTION_LEASE_NAME",
         default_value = "bundlecopy-operator"
     )]
     pub leader_election_lease_name: String,
 
     /// Identity written into the Lease; defaults to $POD_NAME, else the host name.
-    #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION_IDENTITY")]
+    #[arg(long, value_name = "ID", env = "BUNDLECOPY_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
 
     /// PEM bundle of CA certificates trusted for every HTTPS registry (e.g. a corporate CA).
-    #[arg(long, env = "BUNDLECOPY_EXTRA_CA_FILE")]
+    #[arg(long, value_name = "PATH", env = "BUNDLECOPY_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
 }
 
