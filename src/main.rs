@@ -15,6 +15,10 @@ use bundlecopy::controller::{self, ControllerArgs};
     about = "Copy Porter (CNAB) bundles between OCI registries"
 )]
 struct Cli {
+    /// Log filter for stderr of `copy` and `inspect` (also accepted after the subcommand)
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -65,11 +69,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Copy(copy) => {
-                init_cli_logging(copy.connection.log_level.as_deref());
+                init_cli_logging(
+                    copy.connection
+                        .log_level
+                        .as_deref()
+                        .or(args.log_level.as_deref()),
+                );
                 cli::run_copy(copy).await.map_err(|e| e.message)
             }
             Command::Inspect(inspect) => {
-                init_cli_logging(inspect.connection.log_level.as_deref());
+                init_cli_logging(
+                    inspect
+                        .connection
+                        .log_level
+                        .as_deref()
+                        .or(args.log_level.as_deref()),
+                );
                 cli::run_inspect(inspect).await.map_err(|e| e.message)
             }
             // The controller sets up its own logging (text or JSON).
