@@ -15,6 +15,7 @@ use crate::credentials::DockerConfig;
 use crate::error::{CopyError, Side};
 use crate::reference::{Reference, derive_destination};
 use crate::registry::auth::repository_scope;
+pub use crate::registry::transport::validate_ca_pem;
 use crate::registry::{Manifest, Mount, Registry};
 
 /// How to reach one endpoint (source or destination) of a copy.

@@ -349,7 +349,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.extra_ca_file {
         let pem = std::fs::read(path)
             .with_context(|| format!("reading --extra-ca-file {}", path.display()))?;
-        secrets::check_ca_pem(&pem)
+        crate::copy::validate_ca_pem(&pem)
             .map_err(|problem| anyhow::anyhow!("--extra-ca-file {}: {problem}", path.display()))?;
         engine.extra_roots_pem = Some(pem);
     }

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::api::{BundleCopySpec, Endpoint};
 use crate::copy::EndpointOptions;
@@ -73,29 +71,10 @@ pub fn ca_certificates(secret: &Secret, key: &str, field: &str) -> Result<Vec<u8
     let name = secret.metadata.name.as_deref().unwrap_or_default();
     let pem = secret_value(secret, key)
         .ok_or_else(|| SecretProblem::invalid(field, name, format_args!("has no key {key}")))?;
-    check_ca_pem(pem).map_err(|problem| {
+    crate::copy::validate_ca_pem(pem).map_err(|problem| {
         SecretProblem::invalid(field, name, format_args!("key {key}: {problem}"))
     })?;
     Ok(pem.to_vec())
-}
-
-/// Checks that `pem` holds at least one certificate and that every certificate parses.
-pub fn check_ca_pem(pem: &[u8]) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for (index, certificate) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let certificate = certificate
-            .map_err(|error| format!("certificate {} is not valid PEM ({error})", index + 1))?;
-        roots.add(certificate).map_err(|error| {
-            format!(
-                "certificate {} is not a valid X.509 certificate ({error})",
-                index + 1
-            )
-        })?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string());
-    }
-    Ok(())
 }
 
 fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {

@@ -33,47 +33,36 @@ impl Transport {
 
 const USER_AGENT: &str = concat!("bundlecopy/", env!("CARGO_PKG_VERSION"));
 
-/// Parse PEM CA certificates; an error names what is wrong, never the bytes.
+/// Check that PEM bytes hold at least one X.509 certificate, each block valid; the error says
+/// which block is wrong and why, never the bytes. Returns how many certificates there are.
+pub fn validate_ca_pem(pem: &[u8]) -> Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, certificate) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let certificate = certificate
+            .map_err(|error| format!("certificate {} is not valid PEM ({error})", index + 1))?;
+        roots.add(certificate).map_err(|error| {
+            format!(
+                "certificate {} is not a valid X.509 certificate ({error})",
+                index + 1
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".to_string());
+    }
+    Ok(roots.len())
+}
+
+/// Parse PEM CA certificates for an endpoint.
 pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, CopyError> {
     let invalid = |detail: String| CopyError::InvalidCa { side, detail };
-    // Check each block decodes as X.509 DER first: reqwest parses lazily for rustls, and when it
-    // does fail it only says "builder error", which does not tell the user what to fix.
-    let text = String::from_utf8_lossy(pem);
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(invalid(
-            "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
-        ));
-    }
-    for (i, block) in text
-        .split("-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .enumerate()
-    {
-        let body = block
-            .split("-----END CERTIFICATE-----")
-            .next()
-            .unwrap_or_default();
-        let cleaned: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-        use base64::Engine as _;
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(cleaned.as_bytes())
-            .map_err(|_| invalid(format!("certificate {} is not valid base64", i + 1)))?;
-        // An X.509 certificate is a DER SEQUENCE.
-        if der.len() < 64 || der[0] != 0x30 {
-            return Err(invalid(format!(
-                "certificate {} is not an X.509 certificate",
-                i + 1
-            )));
-        }
-    }
-    let certs = reqwest::Certificate::from_pem_bundle(pem)
-        .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))?;
-    if certs.is_empty() {
-        return Err(invalid(
-            "no PEM CERTIFICATE block found (expected -----BEGIN CERTIFICATE-----)".into(),
-        ));
-    }
-    Ok(certs)
+    // reqwest parses lazily for rustls and then only says "builder error": validate first so the
+    // message tells the user what to fix.
+    validate_ca_pem(pem).map_err(invalid)?;
+    reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))
 }
 
 /// Build the HTTP client for one transport. Redirects are never followed automatically, so
