@@ -1,0 +1,716 @@
+#!/usr/bin/env python3
+"""bundlecopy against `skopeo copy --all`, on loopback registries, in the same run.
+
+    bench/bench.py [--runs 5] [--shapes 1,2,3,4a,4b,5,6] [--quick] [--workdir .work/bench]
+                   [--bin target/release/bundlecopy] [--keep-going]
+
+Starts Debian `docker-registry` processes bound to 127.0.0.1 on free ports, publishes bundles of
+the configured shapes to a source registry whose storage is kept under WORKDIR/cache (so test data
+is generated once), then for every shape and run copies the bundle with both tools, alternating
+which goes first. Before each copy the destination registry is restarted on empty storage,
+skopeo's blob-info cache is deleted, and the page cache is settled (sync, then wait until
+Dirty+Writeback in /proc/meminfo is small). Prints medians, min and max, and the ratio
+ours/skopeo of wall time, CPU seconds (user+sys), peak RSS and bytes written to sockets; see
+bench/README.md for the method. Standard library only.
+"""
+import argparse
+import base64
+import ctypes
+import datetime
+import fcntl
+import http.client
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PUBLISHER = REPO_ROOT / "scripts" / "publish-sample-bundle.py"
+MiB = 1 << 20
+GiB = 1 << 30
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_ACCEPT = ", ".join([
+    OCI_INDEX, "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json"])
+USER, PASSWORD = "bench", "bench-password"
+SKOPEO_CACHES = [Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb"),
+                 Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
+                 / "containers/cache/blob-info-cache-v1.boltdb"]
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+class Shape:
+    """A bundle layout and how it is copied."""
+
+    def __init__(self, key, title, layers, layer_size, components=0, component_layers=0,
+                 component_layer_size=0, seed=1, mode="fresh", tls=False):
+        self.key = key
+        self.title = title
+        self.layers = layers
+        self.layer_size = layer_size
+        self.components = components
+        self.component_layers = component_layers
+        self.component_layer_size = component_layer_size
+        self.seed = seed
+        # fresh: empty destination registry per copy; repeat: destination already holds the
+        # bundle; same-registry: a fresh repository of the source registry.
+        self.mode = mode
+        self.tls = tls
+
+    @property
+    def repository(self):
+        """Source repository; its name encodes the layout, so a cached bundle is only reused
+        for the same layout."""
+        return (f"bench/b{self.seed}-l{self.layers}x{self.layer_size}"
+                f"-c{self.components}x{self.component_layers}x{self.component_layer_size}")
+
+    @property
+    def blob_bytes(self):
+        """Layer bytes in the closure (configs and manifests are a few hundred bytes each)."""
+        return (self.layers * self.layer_size
+                + self.components * self.component_layers * self.component_layer_size)
+
+
+def shapes_for(quick):
+    big = 64 * MiB if quick else 256 * MiB
+    huge = 256 * MiB if quick else GiB
+    small_huge = 64 * MiB if quick else 256 * MiB
+    many = 20 if quick else 50
+    return [
+        Shape("1", f"4 x {big // MiB} MiB layers, HTTP -> HTTP", 4, big, seed=1),
+        Shape("2", f"4 x {big // MiB} MiB layers, HTTP -> HTTPS + basic auth", 4, big, seed=1, tls=True),
+        Shape("3", f"{many} components x 3 x 1 MiB layers", 3, MiB, many, 3, MiB, seed=4),
+        Shape("4a", f"one {huge // MiB} MiB layer", 1, huge, seed=2),
+        Shape("4b", f"one {small_huge // MiB} MiB layer", 1, small_huge, seed=3),
+        Shape("5", "repeat copy of shape 1 (all present at the destination)", 4, big, seed=1,
+              mode="repeat"),
+        Shape("6", "shape 1 into another repository of the same registry", 4, big, seed=1,
+              mode="same-registry"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RegistryProcess:
+    """One docker-registry process bound to 127.0.0.1, with its config under `home`."""
+
+    def __init__(self, name, home, storage, tls=None, htpasswd=None):
+        self.name = name
+        self.home = home
+        self.storage = storage
+        self.tls = tls            # (certificate, key)
+        self.htpasswd = htpasswd
+        self.port = free_port()
+        self.process = None
+        self.log_file = None
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.port}"
+
+    def write_config(self):
+        lines = [
+            "version: 0.1",
+            "log: {level: error, accesslog: {disabled: true}}",
+            "storage:",
+            f"  filesystem: {{rootdirectory: {self.storage}}}",
+            "  delete: {enabled: true}",
+            "  maintenance: {uploadpurging: {enabled: false}}",
+            "http:",
+            f"  addr: {self.host}",
+            f"  secret: bundlecopy-bench-{self.name}",
+        ]
+        if self.tls:
+            lines.append(f"  tls: {{certificate: {self.tls[0]}, key: {self.tls[1]}}}")
+        if self.htpasswd:
+            lines.append(f"auth: {{htpasswd: {{realm: bench, path: {self.htpasswd}}}}}")
+        path = self.home / f"{self.name}.yml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self):
+        self.storage.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        # REGISTRY_* variables would override the config file (for instance the listen address).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        self.log_file = open(self.home / f"{self.name}.log", "ab")
+        self.process = subprocess.Popen(["docker-registry", "serve", str(config)], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=self.log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                status = self.probe()
+                if status in (200, 401):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        tail = (self.home / f"{self.name}.log").read_text(errors="replace")[-2000:]
+        sys.exit(f"registry {self.name} did not start on {self.host}:\n{tail}")
+
+    def probe(self):
+        conn = self.connection(timeout=2)
+        try:
+            conn.request("GET", "/v2/")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def connection(self, timeout=30):
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls[2]))
+            return http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=timeout)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def manifest_digest(self, repository, reference):
+        conn = self.connection()
+        headers = {"Accept": MANIFEST_ACCEPT}
+        if self.htpasswd:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        try:
+            conn.request("HEAD", f"/v2/{repository}/manifests/{reference}", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.getheader("Docker-Content-Digest") if response.status == 200 else None
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self.log_file:
+            self.log_file.close()
+            self.log_file = None
+
+    def reset(self):
+        """Restart on empty storage: every copy meets a registry that has never seen a blob."""
+        self.stop()
+        shutil.rmtree(self.storage, ignore_errors=True)
+        self.start()
+
+
+def make_certificates(directory):
+    """A throw-away CA and a leaf for localhost/127.0.0.1 (rustls refuses a CA used as the
+    server certificate, so it is CA + leaf). Returns (leaf, key, ca)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    leaf, key = directory / "server.pem", directory / "server.key"
+    if not (ca.exists() and leaf.exists() and key.exists()):
+        def openssl(*args):
+            subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+                "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=bundlecopy bench CA",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        csr = directory / "server.csr"
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout", str(key),
+                "-out", str(csr), "-subj", "/CN=localhost")
+        ext = directory / "leaf.ext"
+        ext.write_text("basicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-sha256", "-days", "3650", "-in", str(csr), "-CA", str(ca),
+                "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(leaf), "-extfile", str(ext))
+    cert_dir = directory / "certs.d"          # skopeo --dest-cert-dir wants DIR/ca.crt
+    cert_dir.mkdir(exist_ok=True)
+    shutil.copyfile(ca, cert_dir / "ca.crt")
+    return leaf, key, ca
+
+
+def make_htpasswd(path):
+    """bcrypt htpasswd (the registry accepts only bcrypt): apache2-utils' htpasswd, else
+    libxcrypt through Python's crypt module (removed in Python 3.13)."""
+    if path.exists():
+        return
+    if shutil.which("htpasswd"):
+        line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    else:
+        try:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            line = f"{USER}:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH))}"
+        except ImportError:
+            sys.exit("need `htpasswd` for the basic-auth registry: apt-get install -y apache2-utils")
+    path.write_text(line + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+def settle(max_dirty_kib, timeout):
+    """sync, then wait until little dirty or writeback page cache is left, so one run's writes
+    are not flushed during the next run."""
+    os.sync()
+    deadline = time.monotonic() + timeout
+    while True:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                info[key] = int(value.split()[0])
+        pending = info.get("Dirty", 0) + info.get("Writeback", 0)
+        if pending <= max_dirty_kib:
+            return
+        if time.monotonic() > deadline:
+            log(f"    (page cache did not settle: {pending // 1024} MiB dirty after {timeout} s; going on)")
+            return
+        time.sleep(0.1)
+        os.sync()
+
+
+def remove_skopeo_caches():
+    for path in SKOPEO_CACHES:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def read_proc_io(pid):
+    values = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            key, value = line.split(":")
+            values[key] = int(value)
+    return values
+
+
+def cpu_seconds(pid):
+    """user+sys CPU seconds of a running process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain(stream, sink):
+    total = 0
+    chunks = []
+    while True:
+        chunk = stream.read(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+        if sum(len(c) for c in chunks) < 1 << 20:
+            chunks.append(chunk)
+    sink["bytes"] = total
+    sink["text"] = b"".join(chunks).decode(errors="replace")
+
+
+def become_subreaper():
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so a tool started by a shell that
+    exits at once becomes our child and we can wait4 it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def spawn_small(command, stdout, stderr):
+    """Start `command` as a fork of /bin/sh rather than of this Python process; return its pid
+    and a function that lets it run.
+
+    Linux carries the peak RSS of the address space a process replaces at exec into its
+    ru_maxrss. A child of Python (vfork or fork) would therefore report at least Python's own
+    peak (about 25 MiB) whatever the tool uses. So sh forks a subshell (from sh's 1 MiB address
+    space) that waits for a go byte, prints its pid and exits; as a subreaper we adopt the
+    subshell, then send the go byte and it execs the tool. (Waiting for the go byte also keeps
+    sh from reaping a tool that exits at once.)"""
+    pid_read, pid_write = os.pipe()
+    go_read, go_write = os.pipe()
+    # Above 9, so the dup2 onto 8 and 9 in the child cannot overwrite one another.
+    high_pid_write = fcntl.fcntl(pid_write, fcntl.F_DUPFD_CLOEXEC, 10)
+    high_go_read = fcntl.fcntl(go_read, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(pid_write)
+    os.close(go_read)
+
+    def wire_fds():
+        os.dup2(high_pid_write, 9)
+        os.dup2(high_go_read, 8)
+
+    shell = subprocess.Popen(
+        ["/bin/sh", "-c", '{ read _ <&8; exec 8<&- 9>&-; exec "$@"; } & echo $! >&9', "sh", *command],
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, close_fds=True,
+        pass_fds=(8, 9), preexec_fn=wire_fds)
+    os.close(high_pid_write)
+    os.close(high_go_read)
+    with os.fdopen(pid_read) as f:
+        pid = int(f.readline().strip())  # the subshell keeps its copy open until it execs
+    shell.wait()  # once sh is gone the waiting subshell is ours
+
+    def go():
+        os.write(go_write, b"\n")
+        os.close(go_write)
+    return pid, go
+
+
+def measure(command):
+    """Run `command` and return wall time, CPU seconds, peak RSS and bytes written to sockets.
+
+    stdout and stderr are pipes that we read and count. When the process has exited it is left
+    unreaped (waitid WNOWAIT) so /proc/PID/io can still be read: wchar counts every byte passed
+    to write/writev/sendfile (sockets, pipes and files), so socket bytes are wchar minus what
+    reached our pipes minus write_bytes (what it wrote to files). Then wait4 reaps it and gives
+    the rusage (user+sys CPU, ru_maxrss)."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    out, err = {}, {}
+    readers = [threading.Thread(target=drain, args=(os.fdopen(out_read, "rb"), out)),
+               threading.Thread(target=drain, args=(os.fdopen(err_read, "rb"), err))]
+    for reader in readers:
+        reader.start()
+    pid, go = spawn_small(command, out_write, err_write)
+    os.close(out_write)
+    os.close(err_write)
+    started = time.perf_counter()
+    go()
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    wall = time.perf_counter() - started
+    io = read_proc_io(pid)
+    _, status, usage = os.wait4(pid, 0)
+    for reader in readers:
+        reader.join()
+    socket_bytes = io["wchar"] - out["bytes"] - err["bytes"] - io["write_bytes"]
+    return {
+        "exit": os.waitstatus_to_exitcode(status),
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "sent_mib": max(socket_bytes, 0) / MiB,
+        "file_write_bytes": io["write_bytes"],
+        "stdout": out["text"],
+        "stderr": err["text"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.workdir).resolve()
+        self.cache = self.work / "cache"
+        self.home = self.work / "run"
+        self.shapes = [s for s in shapes_for(args.quick) if s.key in args.shapes]
+        self.registries = []
+        self.results = {}
+
+    def setup(self):
+        shutil.rmtree(self.home, ignore_errors=True)
+        self.home.mkdir(parents=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        leaf, key, ca = make_certificates(self.cache / "certs")
+        self.ca = ca
+        self.cert_dir = self.cache / "certs" / "certs.d"
+        make_htpasswd(self.cache / "htpasswd")
+        # The source keeps its storage in the cache: published bundles survive between runs.
+        self.source = RegistryProcess("source", self.home, self.cache / "source-registry")
+        self.plain = RegistryProcess("dest-http", self.home, self.home / "dest-http")
+        self.secure = RegistryProcess("dest-tls-auth", self.home, self.home / "dest-tls-auth",
+                                      tls=(leaf, key, ca), htpasswd=self.cache / "htpasswd")
+        self.registries = [self.source, self.plain, self.secure]
+        for registry in self.registries:
+            registry.start()
+        # Docker config for our tool: credentials for the TLS registry only.
+        self.docker_config = self.home / "docker-config"
+        self.docker_config.mkdir()
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (self.docker_config / "config.json").write_text(
+            json.dumps({"auths": {self.secure.host: {"auth": auth}}}))
+        self.empty_docker_config = self.home / "no-docker-config"
+        self.empty_docker_config.mkdir()
+        log(f"registries: source {self.source.host}, destination {self.plain.host} (HTTP), "
+            f"{self.secure.host} (HTTPS + basic auth); logs in {self.home}")
+
+    def teardown(self):
+        for registry in self.registries:
+            registry.stop()
+
+    def publish(self, shape):
+        digest = self.source.manifest_digest(shape.repository, "v1")
+        if digest:
+            return digest
+        log(f"  publishing {shape.repository}:v1 ({shape.blob_bytes / MiB:.0f} MiB of layers; "
+            "generated once, kept in the cache)")
+        command = [sys.executable, str(PUBLISHER), f"http://{self.source.host}", shape.repository, "v1",
+                   "--layers", str(shape.layers), "--layer-size", str(shape.layer_size),
+                   "--components", str(shape.components), "--seed", str(shape.seed)]
+        if shape.components:
+            command += ["--component-layers", str(shape.component_layers),
+                        "--component-layer-size", str(shape.component_layer_size)]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+    def commands(self, shape, destination_registry, destination_repository):
+        source = f"{self.source.host}/{shape.repository}:v1"
+        destination = f"{destination_registry.host}/{destination_repository}:v1"
+        ours = [*self.args.wrap_ours, str(self.args.bin), "copy", "--source", source,
+                "--destination", destination]
+        skopeo = ["skopeo", "--insecure-policy", "copy", "--all", "--preserve-digests", "--quiet",
+                  "--src-tls-verify=false", f"docker://{source}", f"docker://{destination}"]
+        if destination_registry is self.secure:
+            ours += ["--destination-ca-file", str(self.ca), "--docker-config", str(self.docker_config)]
+            skopeo += ["--dest-cert-dir", str(self.cert_dir), "--dest-creds", f"{USER}:{PASSWORD}"]
+        else:
+            ours += ["--docker-config", str(self.empty_docker_config)]
+            skopeo += ["--dest-tls-verify=false"]
+        return {"ours": ours, "skopeo": skopeo}
+
+    def run_one(self, tool, command, destination_registry, destination_repository, expected):
+        settle(self.args.max_dirty_mib * 1024, self.args.settle_timeout)
+        received_before = read_proc_io(destination_registry.process.pid)["rchar"]
+        served_before = read_proc_io(self.source.process.pid)["wchar"]
+        registries_before = [cpu_seconds(r.process.pid) for r in (self.source, destination_registry)]
+        result = measure(command)
+        received = read_proc_io(destination_registry.process.pid)["rchar"] - received_before
+        source_cpu, destination_cpu = [cpu_seconds(r.process.pid) - before for r, before in
+                                       zip((self.source, destination_registry), registries_before)]
+        # The registries' CPU during the copy: on a small machine the copy is CPU-bound, and
+        # the destination registry's share is the same whichever tool uploads.
+        result["source_registry_cpu_s"] = source_cpu
+        result["destination_registry_cpu_s"] = destination_cpu if destination_registry is not self.source else 0.0
+        result["received_mib"] = received / MiB
+        # What the tool downloaded: the source registry's writes (to sockets; it writes no files
+        # while serving). Not when the source is also the destination (it stores uploads too).
+        served = read_proc_io(self.source.process.pid)["wchar"] - served_before
+        result["downloaded_mib"] = served / MiB if destination_registry is not self.source else None
+        # What the tool uploaded: counted where it arrives, the destination registry's reads
+        # (its socket reads; it does not read back what it stores). When the destination is also
+        # the source, that registry's reads include the blobs it serves with sendfile, so the
+        # tool's own socket writes are used instead.
+        same_registry = destination_registry is self.source
+        result["uploaded_mib"] = result["sent_mib"] if same_registry else result["received_mib"]
+        if result["exit"] != 0:
+            raise RuntimeError(f"{tool} failed (exit {result['exit']}): {' '.join(command)}\n"
+                               f"{result['stderr'][-3000:]}")
+        copied = destination_registry.manifest_digest(destination_repository, "v1")
+        if copied != expected:
+            raise RuntimeError(f"{tool}: the destination holds {copied}, the source {expected}")
+        return result
+
+    def run_shape(self, shape):
+        log(f"shape {shape.key}: {shape.title}")
+        expected = self.publish(shape)
+        destination_registry = self.secure if shape.tls else self.plain
+        samples = {"ours": [], "skopeo": []}
+        if shape.mode == "repeat":
+            destination_registry.reset()
+            command = self.commands(shape, destination_registry, shape.repository)["ours"]
+            self.run_one("ours (preparing the destination)", command, destination_registry,
+                         shape.repository, expected)
+        for run in range(self.args.runs):
+            order = ["ours", "skopeo"] if run % 2 == 0 else ["skopeo", "ours"]
+            for tool in order:
+                if shape.mode == "same-registry":
+                    # The source registry cannot be emptied (it holds the source bundle), so each
+                    # copy gets a repository that has never existed.
+                    registry = self.source
+                    repository = f"bench/same-registry/{tool}-{run}-{time.time_ns()}"
+                else:
+                    registry = destination_registry
+                    repository = shape.repository
+                if shape.mode == "fresh":
+                    registry.reset()
+                remove_skopeo_caches()
+                command = self.commands(shape, registry, repository)[tool]
+                result = self.run_one(tool, command, registry, repository, expected)
+                samples[tool].append(result)
+                log(f"  run {run + 1} {tool:6}: {result['wall_s']:6.2f} s wall, {result['cpu_s']:5.2f} s CPU, "
+                    f"{result['rss_mib']:6.1f} MiB RSS, {result['uploaded_mib']:8.1f} MiB uploaded")
+                if tool == "ours" and self.args.verbose:
+                    log("    " + result["stderr"].strip().splitlines()[-1])
+        if shape.mode == "same-registry":
+            shutil.rmtree(self.source.storage / "docker/registry/v2/repositories/bench/same-registry",
+                          ignore_errors=True)
+        self.results[shape.key] = {"shape": shape, "samples": samples}
+
+    def run(self):
+        self.setup()
+        try:
+            for shape in self.shapes:
+                try:
+                    self.run_shape(shape)
+                except RuntimeError as e:
+                    if not self.args.keep_going:
+                        raise
+                    log(f"shape {shape.key} failed: {e}")
+        finally:
+            self.teardown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+METRICS = [("wall_s", "wall time (s)", "{:.2f}"), ("cpu_s", "CPU user+sys (s)", "{:.2f}"),
+           ("rss_mib", "peak RSS (MiB)", "{:.1f}"), ("uploaded_mib", "uploaded (MiB)", "{:.1f}"),
+           ("downloaded_mib", "downloaded (MiB)", "{:.1f}"),
+           ("destination_registry_cpu_s", "destination registry CPU (s)", "{:.2f}"),
+           ("source_registry_cpu_s", "source registry CPU (s)", "{:.2f}")]
+
+
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def report(bench):
+    lines = []
+    lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+                 f"Machine: {machine()}. Runs per tool and shape: {bench.args.runs}"
+                 f"{' (quick shapes)' if bench.args.quick else ''}.")
+    lines.append("")
+    lines.append("| shape | metric | bundlecopy median (min–max) | skopeo median (min–max) | ratio |")
+    lines.append("|---|---|---|---|---|")
+    for key, entry in bench.results.items():
+        shape, samples = entry["shape"], entry["samples"]
+        for metric, label, fmt in METRICS:
+            if any(s[metric] is None for s in samples["ours"] + samples["skopeo"]):
+                continue
+            ours = summary([s[metric] for s in samples["ours"]])
+            theirs = summary([s[metric] for s in samples["skopeo"]])
+            ratio = f"{ours[0] / theirs[0]:.2f}" if theirs[0] > 0.05 else "–"
+            cell = lambda v: f"{fmt.format(v[0])} ({fmt.format(v[1])}–{fmt.format(v[2])})"
+            lines.append(f"| {key}: {shape.title} | {label} | {cell(ours)} | {cell(theirs)} | {ratio} |")
+    lines.append("")
+    lines.extend(targets(bench))
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = "unknown CPU"
+    flags = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown CPU":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    sha = "SHA-NI" if " sha_ni" in flags else "no SHA-NI"
+    return f"{os.cpu_count()} CPUs ({cpu}, {sha}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def targets(bench):
+    results = bench.results
+    out = ["Targets:"]
+
+    def median(key, tool, metric):
+        return statistics.median(s[metric] for s in results[key]["samples"][tool])
+
+    def check(ok, text):
+        out.append(f"- [{'x' if ok else ' '}] {text}")
+
+    if "1" in results:
+        r = median("1", "ours", "wall_s") / median("1", "skopeo", "wall_s")
+        check(r <= 0.75, f"shape 1 wall time ≤ 0.75 × skopeo's: {r:.2f}")
+    if "3" in results:
+        r = median("3", "ours", "wall_s") / median("3", "skopeo", "wall_s")
+        check(r <= 0.5, f"shape 3 wall time ≤ 0.5 × skopeo's: {r:.2f}")
+    for key in ("4a", "4b"):
+        if key in results:
+            peak = max(s["rss_mib"] for s in results[key]["samples"]["ours"])
+            check(peak <= 64, f"shape {key} ({results[key]['shape'].title}) peak RSS ≤ 64 MiB: "
+                              f"{peak:.1f} MiB (highest of the runs)")
+    if "5" in results:
+        wall = median("5", "ours", "wall_s")
+        up = max(s["uploaded_mib"] for s in results["5"]["samples"]["ours"])
+        down = max(s["downloaded_mib"] for s in results["5"]["samples"]["ours"])
+        check(wall <= 0.2 and up + down < 1,
+              f"shape 5 ≤ 0.2 s and no blob bytes moved: {wall:.3f} s; at most {up * 1024:.1f} KiB "
+              f"received by the destination, {down * 1024:.1f} KiB sent by the source (HTTP headers)")
+    if "6" in results:
+        up = max(s["uploaded_mib"] for s in results["6"]["samples"]["ours"])
+        check(up < 1, f"shape 6 no blob bytes uploaded (all mounted): {up * 1024:.1f} KiB written to sockets")
+    for key in ("1", "2", "4a", "4b"):
+        if key in results:
+            gib = results[key]["shape"].blob_bytes / GiB
+            ours = median(key, "ours", "cpu_s") / gib
+            theirs = median(key, "skopeo", "cpu_s") / gib
+            check(ours <= theirs, f"CPU s per GiB ≤ skopeo's, shape {key}: {ours:.2f} vs {theirs:.2f}")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="copies per tool and shape (default 5, --quick 3)")
+    parser.add_argument("--shapes", default="1,2,3,4a,4b,5,6",
+                        help="comma-separated shapes: 1 2 3 4a 4b 5 6 (see bench/README.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller shapes (64 MiB layers, 256 MiB big layer, 20 components), 3 runs")
+    parser.add_argument("--workdir", default=str(REPO_ROOT / ".work" / "bench"),
+                        help="registries, logs and the test-data cache (default .work/bench)")
+    parser.add_argument("--bin", default=str(REPO_ROOT / "target" / "release" / "bundlecopy"))
+    parser.add_argument("--max-dirty-mib", type=int, default=32,
+                        help="wait before each copy until Dirty+Writeback is below this")
+    parser.add_argument("--settle-timeout", type=float, default=60)
+    parser.add_argument("--wrap-ours", default="", metavar="COMMAND",
+                        help="prefix for bundlecopy's command line, for experiments and profiles, e.g. "
+                             "'perf record -g -o /tmp/perf.data' or 'env TOKIO_WORKER_THREADS=1' "
+                             "(a wrapper's own CPU and RSS are measured too)")
+    parser.add_argument("--keep-going", action="store_true", help="report the other shapes when one fails")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.wrap_ours = shlex.split(args.wrap_ours)
+    args.runs = args.runs or (3 if args.quick else 5)
+    for tool in ("docker-registry", "skopeo", "openssl"):
+        if not shutil.which(tool):
+            sys.exit(f"missing {tool}: run bench/run.sh, or apt-get install -y docker-registry skopeo openssl")
+    if not Path(args.bin).exists():
+        sys.exit(f"missing {args.bin}: cargo build --release")
+
+    become_subreaper()
+    bench = Bench(args)
+    # Stop the registries on Ctrl-C and SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    bench.run()
+    text = report(bench)
+    print(text)
+    results_dir = bench.work / "results"
+    results_dir.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (results_dir / f"{stamp}.md").write_text(text + "\n")
+    raw = {key: {tool: [{k: v for k, v in s.items() if k not in ("stdout", "stderr")} for s in samples]
+                 for tool, samples in entry["samples"].items()}
+           for key, entry in bench.results.items()}
+    (results_dir / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
+    log(f"results: {results_dir / stamp}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
