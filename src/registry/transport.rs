@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn garbage_ca_is_refused_with_a_clear_error() {
         for (pem, expected) in [
-            (&b"not a certificate"[..], "no PEM CERTIFICATE block"),
+            (&b"not a certificate"[..], "no PEM certificate found"),
             (
                 b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
                 "certificate",
