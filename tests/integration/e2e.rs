@@ -856,20 +856,8 @@ async fn install_operator_account(
 ) -> OperatorAccount {
     let mut applied = Vec::new();
     let mut service_account = None;
-    for object in crate::chart::render_release(release, namespace, overrides) {
-        let object: Value = serde_json::to_value(&object).expect("a YAML object converts to JSON");
-        let kind = object["kind"].as_str().unwrap_or_default().to_string();
-        let (resource, namespaced) = match kind.as_str() {
-            "ServiceAccount" => (ApiResource::erase::<ServiceAccount>(&()), true),
-            "Role" => (ApiResource::erase::<Role>(&()), true),
-            "RoleBinding" => (ApiResource::erase::<RoleBinding>(&()), true),
-            "ClusterRole" => (ApiResource::erase::<ClusterRole>(&()), false),
-            "ClusterRoleBinding" => (ApiResource::erase::<ClusterRoleBinding>(&()), false),
-            // The operator runs as a process here, in place of the Deployment.
-            "Deployment" | "Service" | "ServiceMonitor" => continue,
-            other => panic!("the chart renders a {other:?}, which this test does not know"),
-        };
-        let object: DynamicObject = serde_json::from_value(object).unwrap();
+    for (resource, namespaced, object) in chart_rbac_objects(release, namespace, overrides) {
+        let kind = resource.kind.clone();
         let name = object.name_any();
         let api: Api<DynamicObject> = if namespaced {
             let object_namespace = object
@@ -894,12 +882,46 @@ async fn install_operator_account(
     let service_account = service_account.expect("the chart renders a ServiceAccount");
     let token = service_account_token(client, namespace, &service_account).await;
     let kubeconfig = dir.join(format!("{release}.kubeconfig"));
-    std::fs::write(&kubeconfig, service_account_kubeconfig(&token, namespace)).unwrap();
+    let current = kube::config::Kubeconfig::read().expect("read the kubeconfig of KUBECONFIG");
+    std::fs::write(
+        &kubeconfig,
+        service_account_kubeconfig(&current, &token, namespace),
+    )
+    .unwrap();
     wait_until_allowed(&kubeconfig, namespace, &service_account).await;
     OperatorAccount {
         kubeconfig,
         applied,
     }
+}
+
+/// The objects of the chart that the suite applies: its ServiceAccount, Roles or ClusterRole and
+/// bindings, each with its API and whether it is namespaced. The Deployment, Service and
+/// ServiceMonitor are left out: the operator runs as a process instead.
+fn chart_rbac_objects(
+    release: &str,
+    namespace: &str,
+    overrides: &[&str],
+) -> Vec<(ApiResource, bool, DynamicObject)> {
+    crate::chart::render_release(release, namespace, overrides)
+        .into_iter()
+        .filter_map(|object| {
+            let object: Value =
+                serde_json::to_value(&object).expect("a YAML object converts to JSON");
+            let (resource, namespaced) = match object["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" => (ApiResource::erase::<ServiceAccount>(&()), true),
+                "Role" => (ApiResource::erase::<Role>(&()), true),
+                "RoleBinding" => (ApiResource::erase::<RoleBinding>(&()), true),
+                "ClusterRole" => (ApiResource::erase::<ClusterRole>(&()), false),
+                "ClusterRoleBinding" => (ApiResource::erase::<ClusterRoleBinding>(&()), false),
+                "Deployment" | "Service" | "ServiceMonitor" => return None,
+                other => panic!("the chart renders a {other:?}, which this test does not know"),
+            };
+            let object: DynamicObject =
+                serde_json::from_value(object).expect("a rendered object is a Kubernetes object");
+            Some((resource, namespaced, object))
+        })
+        .collect()
 }
 
 /// A bearer token for the ServiceAccount (the `serviceaccounts/token` subresource), valid for an hour.
@@ -922,10 +944,13 @@ async fn service_account_token(client: &Client, namespace: &str, name: &str) -> 
         .token
 }
 
-/// A kubeconfig with the current context's cluster (server, CA, TLS settings) and `token` as
-/// its only user.
-fn service_account_kubeconfig(token: &str, namespace: &str) -> String {
-    let current = kube::config::Kubeconfig::read().expect("read the kubeconfig of KUBECONFIG");
+/// A kubeconfig with the cluster of `current`'s current context (server, CA, TLS settings) and
+/// `token` as its only user.
+fn service_account_kubeconfig(
+    current: &kube::config::Kubeconfig,
+    token: &str,
+    namespace: &str,
+) -> String {
     let context_name = current
         .current_context
         .clone()
@@ -936,7 +961,8 @@ fn service_account_kubeconfig(token: &str, namespace: &str) -> String {
         .find(|named| named.name == context_name)
         .and_then(|named| named.context.clone())
         .unwrap_or_else(|| panic!("the kubeconfig has no context {context_name}"));
-    // `read` made a certificate-authority file path absolute, so it still works from elsewhere.
+    // `read` and `read_from` made a certificate-authority file path absolute, so it still works
+    // from another directory.
     let cluster = current
         .clusters
         .iter()
@@ -1568,5 +1594,178 @@ async fn hand_over(
         processes[standby].stop().await,
         "the new leader did not exit cleanly on SIGTERM:\n{}",
         processes[standby].log_tail()
+    );
+}
+
+/// What the RBAC test applies, rendered without a cluster: the namespaced and the cluster-wide
+/// forms hold the kinds expected, in the right namespace, with the Lease rule naming the lease,
+/// and every cluster-scoped object carries the release label that the cleanup deletes by.
+#[test]
+fn e2e_chart_rbac_objects_are_what_the_cluster_tests_apply() {
+    let release = "bce2e-1-ab-ns";
+    let namespace = "bundlecopy-e2e-1-ab";
+    let summary = |objects: &[(ApiResource, bool, DynamicObject)]| {
+        let mut kinds: Vec<String> = objects
+            .iter()
+            .map(|(resource, namespaced, object)| {
+                format!(
+                    "{}{}",
+                    resource.kind,
+                    if *namespaced {
+                        format!(" in {}", object.namespace().unwrap_or_default())
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    let watch = format!("watchNamespaces={{{namespace}}}");
+    let lease = format!("leaderElection.leaseName={release}");
+    let namespaced = chart_rbac_objects(
+        release,
+        namespace,
+        &["leaderElection.enabled=true", &lease, &watch],
+    );
+    let in_namespace = format!(" in {namespace}");
+    assert_eq!(
+        summary(&namespaced),
+        [
+            format!("Role{in_namespace}"),
+            format!("Role{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("ServiceAccount{in_namespace}"),
+        ]
+    );
+    let lease_role = namespaced
+        .iter()
+        .find(|(resource, _, object)| {
+            resource.kind == "Role" && object.name_any().ends_with("-leader-election")
+        })
+        .expect("a Role for the Lease");
+    assert!(
+        lease_role.2.data["rules"].to_string().contains(release),
+        "the Lease rule names the lease: {}",
+        lease_role.2.data
+    );
+
+    let cluster_release = "bce2e-1-ab-cl";
+    let cluster_lease = format!("leaderElection.leaseName={cluster_release}");
+    let cluster_wide = chart_rbac_objects(
+        cluster_release,
+        namespace,
+        &["leaderElection.enabled=true", &cluster_lease],
+    );
+    assert_eq!(
+        summary(&cluster_wide),
+        [
+            "ClusterRole".to_string(),
+            "ClusterRoleBinding".to_string(),
+            format!("Role{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("ServiceAccount{in_namespace}"),
+        ]
+    );
+    for (_, namespaced, object) in &cluster_wide {
+        if !namespaced {
+            assert!(object.name_any().starts_with(cluster_release));
+            assert_eq!(
+                object
+                    .labels()
+                    .get("app.kubernetes.io/instance")
+                    .map(String::as_str),
+                Some(cluster_release),
+                "delete_cluster_rbac finds {} by this label",
+                object.name_any()
+            );
+        }
+    }
+    // The two-replica form the hand-over test uses turns leader election on by itself.
+    let two_replicas = chart_rbac_objects(release, namespace, &["replicaCount=2", &lease, &watch]);
+    assert_eq!(summary(&two_replicas), summary(&namespaced));
+    assert!(
+        unique_release("ns").len() <= 53,
+        "Helm's limit on release names"
+    );
+}
+
+/// The kubeconfig written for the ServiceAccount keeps the current context's server and CA file
+/// (made absolute), drops the current user, and makes kube send the token: checked against a
+/// loopback server that answers the start-up list as an API server would.
+#[tokio::test]
+async fn e2e_service_account_kubeconfig_authenticates_with_the_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let seen = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the client closed before sending a request");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let body = r#"{"apiVersion":"bundlecopy.dev/v1alpha1","kind":"BundleCopyList","metadata":{"resourceVersion":"1"},"items":[]}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        &crate::support::registry::test_ca().ca_pem,
+    )
+    .unwrap();
+    let admin = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n\
+         - name: other\n  cluster:\n    server: https://127.0.0.1:1\n\
+         - name: test\n  cluster:\n    server: {server}\n    certificate-authority: ca.pem\n\
+         users:\n- name: admin\n  user:\n    token: admin-token\n\
+         contexts:\n\
+         - name: elsewhere\n  context:\n    cluster: other\n    user: admin\n\
+         - name: here\n  context:\n    cluster: test\n    user: admin\n\
+         current-context: here\n"
+    );
+    let admin_path = dir.path().join("admin-config");
+    std::fs::write(&admin_path, admin).unwrap();
+    let current = kube::config::Kubeconfig::read_from(&admin_path).unwrap();
+    let written = service_account_kubeconfig(&current, "sa-token", "team-a");
+    assert!(!written.contains("admin-token"), "{written}");
+    let ca_path = dir.path().join("ca.pem");
+    assert!(
+        written.contains(&*ca_path.to_string_lossy()),
+        "the CA file is named by its absolute path: {written}"
+    );
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = other_dir.path().join("sa.kubeconfig");
+    std::fs::write(&kubeconfig, written).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_until_allowed(&kubeconfig, "team-a", "test-sa"),
+    )
+    .await
+    .expect("the list answers at once");
+    let head = seen.await.unwrap();
+    let request_line = head.lines().next().unwrap_or_default();
+    assert!(
+        request_line
+            .starts_with("GET /apis/bundlecopy.dev/v1alpha1/namespaces/team-a/bundlecopies?"),
+        "{head}"
+    );
+    assert!(
+        head.lines()
+            .any(|line| line.eq_ignore_ascii_case("authorization: Bearer sa-token")),
+        "{head}"
     );
 }
