@@ -846,12 +846,14 @@ struct OperatorAccount {
 
 /// Renders the chart as release `release` in `namespace` with `overrides`, server-side applies its
 /// ServiceAccount, Roles or ClusterRole and bindings (not the Deployment: the operator runs out of
-/// cluster), and writes a kubeconfig for the ServiceAccount into `dir`.
+/// cluster), and writes a kubeconfig for the ServiceAccount into `dir`. With `lease`, also waits
+/// until the ServiceAccount may read that Lease in `namespace`.
 async fn install_operator_account(
     client: &Client,
     release: &str,
     namespace: &str,
     overrides: &[&str],
+    lease: Option<&str>,
     dir: &Path,
 ) -> OperatorAccount {
     let mut applied = Vec::new();
@@ -888,7 +890,7 @@ async fn install_operator_account(
         service_account_kubeconfig(&current, &token, namespace),
     )
     .unwrap();
-    wait_until_allowed(&kubeconfig, namespace, &service_account).await;
+    wait_until_allowed(&kubeconfig, namespace, &service_account, lease).await;
     OperatorAccount {
         kubeconfig,
         applied,
@@ -982,31 +984,50 @@ fn service_account_kubeconfig(
     serde_json::to_string_pretty(&config).unwrap()
 }
 
-/// Waits until the ServiceAccount may list BundleCopies in `namespace` (RBAC reaches the
-/// authorizer within moments), so that the operator's start-up check does not race it.
-async fn wait_until_allowed(kubeconfig: &Path, namespace: &str, service_account: &str) {
+/// Waits until the ServiceAccount may list BundleCopies in `namespace` and, with `lease`, read
+/// that Lease there (RBAC reaches the authorizer within moments), so that the operator's start-up
+/// checks do not race it: a refusal then stops the operator.
+async fn wait_until_allowed(
+    kubeconfig: &Path,
+    namespace: &str,
+    service_account: &str,
+    lease: Option<&str>,
+) {
     let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
     let config =
         kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
             .await
             .expect("the ServiceAccount kubeconfig loads");
     let client = Client::try_from(config).expect("a client for the ServiceAccount kubeconfig");
-    let api: Api<BundleCopy> = Api::namespaced(client, namespace);
+    let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match api.list(&ListParams::default().limit(1)).await {
-            Ok(_) => return,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!(
-                    "ServiceAccount {service_account} may not list BundleCopies yet: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(error) => panic!(
-                "ServiceAccount {service_account} still cannot list BundleCopies in {namespace} 30 s after \
-                 the chart's RBAC was applied: {error}"
-            ),
+        let mut refused = bundle_copies
+            .list(&ListParams::default().limit(1))
+            .await
+            .err()
+            .map(|error| format!("list BundleCopies: {error}"));
+        if refused.is_none()
+            && let Some(lease) = lease
+        {
+            // Absent is fine (the operator creates it); only a refusal is not.
+            refused = leases
+                .get_opt(lease)
+                .await
+                .err()
+                .map(|error| format!("get Lease {lease}: {error}"));
         }
+        let Some(refused) = refused else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "ServiceAccount {service_account} still may not {refused} in {namespace} 30 s after the \
+             chart's RBAC was applied"
+        );
+        eprintln!("ServiceAccount {service_account} may not {refused} yet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -1238,7 +1259,8 @@ async fn run_with_chart_rbac(
     if scenario.namespaced {
         overrides.push(&watch_namespaces);
     }
-    let account = install_operator_account(client, release, namespace, &overrides, dir).await;
+    let account =
+        install_operator_account(client, release, namespace, &overrides, Some(release), dir).await;
     let role_kind = if scenario.namespaced {
         "Role/"
     } else {
@@ -1436,6 +1458,7 @@ async fn hand_over(
         release,
         namespace,
         &["replicaCount=2", &watch_namespaces, &lease_name],
+        Some(release),
         dir,
     )
     .await;
@@ -1762,7 +1785,7 @@ async fn e2e_service_account_kubeconfig_authenticates_with_the_token() {
     std::fs::write(&kubeconfig, written).unwrap();
     tokio::time::timeout(
         Duration::from_secs(30),
-        wait_until_allowed(&kubeconfig, "team-a", "test-sa"),
+        wait_until_allowed(&kubeconfig, "team-a", "test-sa", None),
     )
     .await
     .expect("the list answers at once");
