@@ -340,6 +340,23 @@ async fn until_set(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|set| *set).await;
 }
 
+/// A client for the cluster, once the API server has answered that BundleCopies are listable
+/// where this process watches them.
+async fn connect(args: &ControllerArgs) -> anyhow::Result<Client> {
+    let client = Client::try_default().await.context(
+        "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
+    )?;
+    let probe: Api<BundleCopy> = match args.namespaces.first() {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.context(
+        "listing BundleCopies failed; is the CRD installed? \
+         (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
+    )?;
+    Ok(client)
+}
+
 /// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args)?;
@@ -383,17 +400,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         until_set(shutdown_receiver.clone()),
     ));
 
-    let client = Client::try_default().await.context(
-        "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
-    )?;
-    let probe: Api<BundleCopy> = match args.namespaces.first() {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
+    // A shutdown while the API server is slow to answer must not wait for its timeouts.
+    let mut shutdown = shutdown_receiver.clone();
+    let client = tokio::select! {
+        client = connect(&args) => client?,
+        _ = shutdown.wait_for(|set| *set) => {
+            let _ = server.await;
+            tracing::info!("controller stopped while starting");
+            return Ok(());
+        }
     };
-    probe.list(&ListParams::default().limit(1)).await.context(
-        "listing BundleCopies failed; is the CRD installed? \
-         (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
-    )?;
 
     let mut leadership = None;
     if args.leader_election {
@@ -408,7 +424,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 leader::Candidacy::LeaseUnreachable => Role::Starting,
             })
         };
-        let mut shutdown = shutdown_receiver.clone();
         let elected = tokio::select! {
             elected = leader::acquire(client.clone(), lease, report) => Some(elected?),
             _ = shutdown.wait_for(|set| *set) => None,

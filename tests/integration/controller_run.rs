@@ -605,3 +605,73 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
     assert_eq!(state.lease_writes[0]["spec"]["holderIdentity"], "child-2");
     assert_eq!(state.lease_writes[0]["spec"]["leaseTransitions"], 1);
 }
+
+/// Before the API server answers, the process is alive but not ready: `/healthz` 200,
+/// `/readyz` and `/leaderz` 503 `starting`, `bundlecopy_leader 0`; and SIGTERM then ends it at once
+/// and cleanly, without waiting for the API server's timeouts.
+#[tokio::test]
+async fn controller_run_is_starting_until_the_api_server_answers() {
+    bundlecopy::install_crypto_provider();
+    // An API server that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.path().join("controller.log");
+    let mut child = spawn_controller(&kubeconfig, &metrics_addr, "child-3", &log_path);
+    let log_tail = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe(&format!("http://{metrics_addr}/healthz")).await.0 != 200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the controller exited early ({status}):\n{}", log_tail());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz within 60 s:\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for path in ["/readyz", "/leaderz"] {
+        assert_eq!(
+            probe(&format!("http://{metrics_addr}{path}")).await,
+            (503, "starting\n".to_string()),
+            "{path}"
+        );
+    }
+    let scraped = probe(&format!("http://{metrics_addr}/metrics")).await.1;
+    assert!(
+        scraped.lines().any(|l| l == "bundlecopy_leader 0"),
+        "{scraped}"
+    );
+
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no exit within 10 s of SIGTERM while starting:\n{}",
+                log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit {status}:\n{}", log_tail());
+    silent.abort();
+}

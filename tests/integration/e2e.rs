@@ -1730,6 +1730,7 @@ fn e2e_chart_rbac_objects_are_what_the_cluster_tests_apply() {
 async fn e2e_service_account_kubeconfig_authenticates_with_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    bundlecopy::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let seen = tokio::spawn(async move {
