@@ -1,27 +1,90 @@
-//! `/healthz`, `/readyz` and `/metrics` on one port.
+//! `/healthz`, `/readyz`, `/leaderz` and `/metrics` on one port.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::Metrics;
 
-/// Whether this process is ready to do work: set once the controller runs (and, with leader
-/// election, only while it holds the lease).
+/// What this process is doing now, as `/readyz` and `/leaderz` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Not yet able to work: the API server, the CRD or the Lease has not answered yet.
+    Starting = 0,
+    /// Reconciling, without leader election (the only controller).
+    Running = 1,
+    /// Holding the Lease and reconciling.
+    Leader = 2,
+    /// Contending for the Lease another replica holds; does not reconcile, takes over when it lapses.
+    Standby = 3,
+    /// The lease was lost or a shutdown began: no longer reconciling.
+    Stopping = 4,
+}
+
+impl Role {
+    fn from_u8(value: u8) -> Role {
+        match value {
+            1 => Role::Running,
+            2 => Role::Leader,
+            3 => Role::Standby,
+            4 => Role::Stopping,
+            _ => Role::Starting,
+        }
+    }
+
+    /// The word `/readyz` answers with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Running => "ready",
+            Role::Leader => "leader",
+            Role::Standby => "standby",
+            Role::Stopping => "stopping",
+        }
+    }
+
+    /// Ready for traffic and rollouts: a standby is, since it is healthy and takes over when needed.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Role::Running | Role::Leader | Role::Standby)
+    }
+
+    /// Reconciling now: the leader, or the only controller when there is no election.
+    pub fn is_active(self) -> bool {
+        matches!(self, Role::Running | Role::Leader)
+    }
+}
+
+/// The process's [`Role`], shared between the controller (which sets it) and the HTTP server;
+/// it also drives the `bundlecopy_leader` gauge.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    role: Arc<AtomicU8>,
+    leader_gauge: Gauge,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    /// Starts as [`Role::Starting`]; `leader_gauge` follows [`Role::is_active`].
+    pub fn new(leader_gauge: Gauge) -> Self {
+        Readiness {
+            role: Arc::default(),
+            leader_gauge,
+        }
     }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+
+    pub fn set(&self, role: Role) {
+        self.role.store(role as u8, Ordering::SeqCst);
+        self.leader_gauge.set(i64::from(role.is_active()));
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::SeqCst))
     }
 }
 
@@ -35,16 +98,30 @@ pub fn router(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/leaderz", get(leaderz))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { metrics, readiness })
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.get() {
-        (StatusCode::OK, "ready\n")
+fn answer(ok: bool, role: Role) -> (StatusCode, String) {
+    let status = if ok {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, format!("{}\n", role.as_str()))
+}
+
+/// 200 while the process can do its job (leader, standby, or running without election).
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let role = state.readiness.role();
+    answer(role.is_ready(), role)
+}
+
+/// 200 only on the process that reconciles now.
+async fn leaderz(State(state): State<AppState>) -> impl IntoResponse {
+    let role = state.readiness.role();
+    answer(role.is_active(), role)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
@@ -65,7 +142,7 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz, /leaderz and /metrics");
     axum::serve(listener, router(metrics, readiness))
         .with_graceful_shutdown(shutdown)
         .await
@@ -74,6 +151,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
@@ -86,35 +164,123 @@ mod tests {
         response
     }
 
-    use std::net::SocketAddr;
+    /// Status code and body of a response.
+    fn status_and_body(response: &str) -> (u16, &str) {
+        let code = response
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        (code, body.trim_end())
+    }
 
-    #[tokio::test]
-    async fn endpoints_answer() {
+    fn leader_gauge(scraped: &str) -> Option<&str> {
+        scraped
+            .lines()
+            .find_map(|line| line.strip_prefix("bundlecopy_leader "))
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start() -> Server {
         let metrics = Arc::new(Metrics::new());
-        let readiness = Readiness::default();
+        let readiness = Readiness::new(metrics.leader.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics.clone(), readiness.clone(), async {
+        let task = tokio::spawn(serve(listener, metrics.clone(), readiness.clone(), async {
             let _ = stopped.await;
         }));
+        Server {
+            addr,
+            metrics,
+            readiness,
+            stop,
+            task,
+        }
+    }
 
-        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        readiness.set(true);
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-        metrics.reconciles.inc();
+    #[tokio::test]
+    async fn endpoints_answer_and_the_server_stops_on_shutdown() {
+        let server = start().await;
+        let addr = server.addr;
+        assert_eq!(status_and_body(&get(addr, "/healthz").await), (200, "ok"));
+        server.metrics.reconciles.inc();
         let scraped = get(addr, "/metrics").await;
         assert!(
             scraped.contains("bundlecopy_reconciles_total 1"),
             "{scraped}"
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
-        stop.send(()).unwrap();
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        server.stop.send(()).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), server.task).await;
         assert!(
             matches!(ended, Ok(Ok(Ok(())))),
             "the server stops on shutdown"
         );
+    }
+
+    /// Every role as the probes and the gauge see it: (role, /readyz, /leaderz, bundlecopy_leader).
+    #[tokio::test]
+    async fn readyz_leaderz_and_the_leader_gauge_follow_the_role() {
+        let server = start().await;
+        let addr = server.addr;
+        let expected = [
+            (None, (503, "starting"), (503, "starting"), "0"),
+            (Some(Role::Standby), (200, "standby"), (503, "standby"), "0"),
+            (Some(Role::Leader), (200, "leader"), (200, "leader"), "1"),
+            (
+                Some(Role::Stopping),
+                (503, "stopping"),
+                (503, "stopping"),
+                "0",
+            ),
+            (Some(Role::Running), (200, "ready"), (200, "ready"), "1"),
+            (
+                Some(Role::Starting),
+                (503, "starting"),
+                (503, "starting"),
+                "0",
+            ),
+        ];
+        for (role, readyz, leaderz, gauge) in expected {
+            if let Some(role) = role {
+                server.readiness.set(role);
+            }
+            let shown = server.readiness.role();
+            assert_eq!(
+                status_and_body(&get(addr, "/readyz").await),
+                readyz,
+                "/readyz as {shown:?}"
+            );
+            assert_eq!(
+                status_and_body(&get(addr, "/leaderz").await),
+                leaderz,
+                "/leaderz as {shown:?}"
+            );
+            let scraped = get(addr, "/metrics").await;
+            assert_eq!(leader_gauge(&scraped), Some(gauge), "{shown:?}:\n{scraped}");
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_stored_form() {
+        for role in [
+            Role::Starting,
+            Role::Running,
+            Role::Leader,
+            Role::Standby,
+            Role::Stopping,
+        ] {
+            assert_eq!(Role::from_u8(role as u8), role);
+        }
+        assert_eq!(Role::from_u8(200), Role::Starting);
     }
 }

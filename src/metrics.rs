@@ -45,6 +45,9 @@ pub struct Metrics {
     pub blobs: Family<BlobLabels, Counter>,
     /// `bundlecopy_copies_in_flight`
     pub copies_in_flight: Gauge,
+    /// `bundlecopy_leader`: 1 while this process reconciles (the leader, or the only controller
+    /// without leader election), 0 on a standby or before it starts.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
         let copied_bytes = Counter::default();
         let blobs = Family::<BlobLabels, Counter>::default();
         let copies_in_flight = Gauge::default();
+        let leader = Gauge::default();
         registry.register(
             "reconciles",
             "Reconciles of BundleCopy resources",
@@ -90,6 +94,11 @@ impl Metrics {
             "Copies running now",
             copies_in_flight.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (the leader, or the only one without leader election), 0 on a standby",
+            leader.clone(),
+        );
         // Pre-create the label sets so a scrape shows every series from the start.
         for action in [BlobAction::copied, BlobAction::mounted, BlobAction::skipped] {
             let _ = blobs.get_or_create(&BlobLabels { action });
@@ -102,6 +111,7 @@ impl Metrics {
             copied_bytes,
             blobs,
             copies_in_flight,
+            leader,
         }
     }
 
@@ -146,6 +156,7 @@ mod tests {
         metrics.reconciles.inc();
         metrics.record_failure(Reason::AuthenticationFailed);
         metrics.copies_in_flight.inc();
+        metrics.leader.set(1);
         metrics.record_copy(
             1.5,
             &ProgressSnapshot {
@@ -166,6 +177,7 @@ mod tests {
             "bundlecopy_blobs_total{action=\"mounted\"} 1",
             "bundlecopy_blobs_total{action=\"skipped\"} 2",
             "bundlecopy_copies_in_flight 1",
+            "bundlecopy_leader 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -105,21 +105,48 @@ enum Attempt {
     HeldByOther(String),
 }
 
-/// Waits until this process holds the lease.
-pub async fn acquire(client: Client, settings: LeaseSettings) -> Result<Leadership, LeaderError> {
+/// How a candidate that does not hold the lease is doing, for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidacy {
+    /// The lease was read: another replica holds it and this one stands by to take over.
+    Standby,
+    /// The last attempt could not read or write the lease (retried); not able to take over now.
+    LeaseUnreachable,
+}
+
+/// Errors that retrying cannot fix: the account may not use the lease.
+fn is_permanent(error: &LeaderError) -> bool {
+    let LeaderError::Api { source, .. } = error;
+    matches!(source, kube::Error::Api(status) if status.code == 401 || status.code == 403)
+}
+
+/// Waits until this process holds the lease, telling `report` after each failed attempt whether
+/// it stands by or cannot reach the lease. Transient API errors are retried; only a refusal
+/// (401, 403) ends the wait with an error.
+pub async fn acquire(
+    client: Client,
+    settings: LeaseSettings,
+    mut report: impl FnMut(Candidacy) + Send,
+) -> Result<Leadership, LeaderError> {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let mut observed = Observation {
         record: None,
         changed_at: Instant::now(),
     };
     loop {
-        match try_hold(&api, &settings, &mut observed).await? {
-            Attempt::Held => break,
-            Attempt::HeldByOther(holder) => {
+        match try_hold(&api, &settings, &mut observed).await {
+            Ok(Attempt::Held) => break,
+            Ok(Attempt::HeldByOther(holder)) => {
                 tracing::debug!(%holder, "lease held by another replica");
-                tokio::time::sleep(settings.retry_every).await;
+                report(Candidacy::Standby);
+            }
+            Err(error) if is_permanent(&error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "reading the lease failed; retrying");
+                report(Candidacy::LeaseUnreachable);
             }
         }
+        tokio::time::sleep(settings.retry_every).await;
     }
     tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
     let (lost_sender, lost) = watch::channel(false);
@@ -450,7 +477,7 @@ mod tests {
     async fn leadership_ends_when_another_replica_takes_the_lease() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "ops");
-        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15))));
+        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15)), |_| {}));
         answer(&mut handle, Method::GET, 404, Value::Null).await;
         answer(
             &mut handle,
@@ -477,7 +504,7 @@ mod tests {
     async fn release_clears_the_holder() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "ops");
-        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15))));
+        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15)), |_| {}));
         answer(&mut handle, Method::GET, 404, Value::Null).await;
         answer(
             &mut handle,
@@ -512,5 +539,46 @@ mod tests {
             }
         }
         releasing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_candidate_reports_standby_retries_errors_and_stops_on_refusal() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ops");
+        let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        let acquiring = tokio::spawn(acquire(
+            client,
+            settings(Duration::from_secs(15)),
+            move |candidacy| {
+                let _ = reports.send(candidacy);
+            },
+        ));
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:00.000000Z", 1),
+        )
+        .await;
+        assert_eq!(reported.recv().await, Some(Candidacy::Standby));
+        // A server error is retried, and the candidate says it cannot reach the lease meanwhile.
+        answer(&mut handle, Method::GET, 500, Value::Null).await;
+        assert_eq!(reported.recv().await, Some(Candidacy::LeaseUnreachable));
+        answer(
+            &mut handle,
+            Method::GET,
+            200,
+            lease("them", "2026-01-01T00:00:01.000000Z", 1),
+        )
+        .await;
+        assert_eq!(reported.recv().await, Some(Candidacy::Standby));
+        // A refusal (no RBAC for leases) ends the wait with an error that says what to grant.
+        answer(&mut handle, Method::GET, 403, Value::Null).await;
+        let error = match acquiring.await.unwrap() {
+            Ok(_) => panic!("a refused candidate does not become the leader"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains("get, create and update leases"), "{error}");
+        assert!(reported.try_recv().is_err(), "no report after the refusal");
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::api::{BundleCopy, FIELD_MANAGER};
 use crate::copy::EngineSettings;
-use crate::http::Readiness;
+use crate::http::{Readiness, Role};
 use crate::metrics::Metrics;
 
 pub use reconcile::reconcile;
@@ -340,6 +340,23 @@ async fn until_set(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|set| *set).await;
 }
 
+/// A client for the cluster, once the API server has answered that BundleCopies are listable
+/// where this process watches them.
+async fn connect(args: &ControllerArgs) -> anyhow::Result<Client> {
+    let client = Client::try_default().await.context(
+        "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
+    )?;
+    let probe: Api<BundleCopy> = match args.namespaces.first() {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.context(
+        "listing BundleCopies failed; is the CRD installed? \
+         (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
+    )?;
+    Ok(client)
+}
+
 /// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_logging(&args)?;
@@ -354,27 +371,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         engine.extra_roots_pem = Some(pem);
     }
 
-    let client = Client::try_default().await.context(
-        "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
-    )?;
-    let probe: Api<BundleCopy> = match args.namespaces.first() {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    probe.list(&ListParams::default().limit(1)).await.context(
-        "listing BundleCopies failed; is the CRD installed? \
-         (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
-    )?;
-
+    // The HTTP server comes up first so that /healthz answers and /readyz says `starting` while
+    // the API server, the CRD and the Lease are checked.
     let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::default();
+    let readiness = Readiness::new(metrics.leader.clone());
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let signal_sender = shutdown_sender.clone();
+    let signal_readiness = readiness.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!(
             "shutdown requested; finishing running copies (signal again to stop at once)"
         );
+        signal_readiness.set(Role::Stopping);
         let _ = signal_sender.send(true);
         shutdown_signal().await;
         tracing::warn!("second signal: stopping without waiting for running copies");
@@ -391,16 +400,38 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         until_set(shutdown_receiver.clone()),
     ));
 
+    // A shutdown while the API server is slow to answer must not wait for its timeouts.
+    let mut shutdown = shutdown_receiver.clone();
+    let client = tokio::select! {
+        client = connect(&args) => client?,
+        _ = shutdown.wait_for(|set| *set) => {
+            let _ = server.await;
+            tracing::info!("controller stopped while starting");
+            return Ok(());
+        }
+    };
+
     let mut leadership = None;
     if args.leader_election {
         let lease = leader::LeaseSettings::from_args(&args);
         tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
-        let mut shutdown = shutdown_receiver.clone();
+        // A standby is ready (rollouts must complete while the old leader still holds the lease),
+        // but not while it cannot reach the lease and so could not take over.
+        let candidate_readiness = readiness.clone();
+        let report = move |candidacy| {
+            candidate_readiness.set(match candidacy {
+                leader::Candidacy::Standby => Role::Standby,
+                leader::Candidacy::LeaseUnreachable => Role::Starting,
+            })
+        };
         let elected = tokio::select! {
-            elected = leader::acquire(client.clone(), lease) => Some(elected?),
+            elected = leader::acquire(client.clone(), lease, report) => Some(elected?),
             _ = shutdown.wait_for(|set| *set) => None,
         };
         let Some(elected) = elected else {
+            readiness.set(Role::Stopping);
+            let _ = server.await;
+            tracing::info!("controller stopped while standing by");
             return Ok(());
         };
         leadership = Some(elected);
@@ -433,14 +464,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .boxed()
     });
     tracing::info!(namespaces = ?args.namespaces, "controller started");
-    readiness.set(true);
+    readiness.set(if leadership.is_some() {
+        Role::Leader
+    } else {
+        Role::Running
+    });
     let lost = tokio::select! {
         () = futures_util::stream::select_all(controllers).for_each(|()| async {}) => false,
         () = lease_lost => true,
     };
     // With the lease lost, the controller streams were dropped above, which aborts their
     // reconciles.
-    readiness.set(false);
+    readiness.set(Role::Stopping);
     let _ = shutdown_sender.send(true);
     if let Some(elected) = leadership {
         elected.release().await;

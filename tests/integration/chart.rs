@@ -122,14 +122,23 @@ fn render_text(overrides: &[&str], include_crds: bool) -> String {
 }
 
 fn try_render(overrides: &[&str], include_crds: bool) -> Output {
+    try_render_release(RELEASE_NAME, RELEASE_NAMESPACE, overrides, include_crds)
+}
+
+fn try_render_release(
+    release: &str,
+    release_namespace: &str,
+    overrides: &[&str],
+    include_crds: bool,
+) -> Output {
     let mut command = helm();
     command
         .args([
             "template",
-            RELEASE_NAME,
+            release,
             CHART_DIR,
             "--namespace",
-            RELEASE_NAMESPACE,
+            release_namespace,
         ])
         .args(["--kube-version", KUBERNETES_VERSION]);
     if include_crds {
@@ -149,6 +158,22 @@ fn parse_documents(text: &str) -> Vec<Value> {
 /// The objects the chart renders with these `--set` overrides (templates only, no CRDs).
 pub(crate) fn render(overrides: &[&str]) -> Vec<Value> {
     parse_documents(&render_text(overrides, false))
+}
+
+/// The objects of release `release` in `release_namespace` (templates only, no CRDs); the e2e suite
+/// applies the RBAC part of it to a real cluster.
+pub(crate) fn render_release(
+    release: &str,
+    release_namespace: &str,
+    overrides: &[&str],
+) -> Vec<Value> {
+    let output = try_render_release(release, release_namespace, overrides, false);
+    assert!(
+        output.status.success(),
+        "helm template {release} -n {release_namespace} with {overrides:?} failed: {}",
+        stdout_and_stderr(&output)
+    );
+    parse_documents(&String::from_utf8(output.stdout).expect("helm prints UTF-8"))
 }
 
 fn string_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {

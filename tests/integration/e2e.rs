@@ -12,8 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams,
@@ -22,7 +25,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
-use bundlecopy::api::{BundleCopy, BundleCopySpec};
+use bundlecopy::api::{BundleCopy, BundleCopySpec, BundleCopyStatus};
 use bundlecopy::controller::reconcile::validate;
 
 use crate::support::process::spawn_tied_to_test_process;
@@ -211,6 +214,24 @@ fn base64_auth(password: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USERNAME}:{password}"))
 }
 
+/// The cluster tests run one at a time: one of them runs a controller over all namespaces, which
+/// would reconcile the BundleCopies of the others.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// True (after saying why) when no cluster is configured: the cluster tests then pass without
+/// doing anything.
+fn skipped_without_cluster() -> bool {
+    if std::env::var_os("KUBECONFIG").is_some() {
+        return false;
+    }
+    println!(
+        "skipped: KUBECONFIG is not set — point it at a disposable test cluster to run the e2e \
+         suite (it installs the BundleCopy CRD, creates and deletes a namespace and RBAC objects); \
+         see docs/operator.md"
+    );
+    true
+}
+
 /// `bundlecopy controller`, run out of cluster; stopped with SIGTERM (killed on drop).
 struct ControllerProcess {
     child: Option<Child>,
@@ -218,29 +239,47 @@ struct ControllerProcess {
     metrics_addr: String,
 }
 
+/// How to start one controller process besides its own flags.
+#[derive(Default)]
+struct ProcessSettings<'a> {
+    /// Replaces `KUBECONFIG` (e.g. one that authenticates as the chart's ServiceAccount).
+    kubeconfig: Option<&'a Path>,
+    /// `POD_NAME`: the `reportingInstance` of the Events this process writes.
+    pod_name: Option<&'a str>,
+}
+
 impl ControllerProcess {
     fn start(namespace: &str, log_dir: &Path) -> ControllerProcess {
+        Self::spawn(
+            &["--namespace", namespace, "--max-concurrent-copies", "2"],
+            ProcessSettings::default(),
+            log_dir.join("controller.log"),
+        )
+    }
+
+    /// `bundlecopy controller ARGS` with its HTTP server on a free loopback port, logging at
+    /// debug level to `log`.
+    fn spawn(args: &[&str], settings: ProcessSettings, log: PathBuf) -> ControllerProcess {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let log = log_dir.join("controller.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_bundlecopy"));
         command
-            .args([
-                "controller",
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                &metrics_addr,
-            ])
-            .args([
-                "--log-level",
-                "info,bundlecopy=debug",
-                "--max-concurrent-copies",
-                "2",
-            ])
+            .arg("controller")
+            .args(args)
+            .args(["--metrics-addr", &metrics_addr])
+            .args(["--log-level", "info,bundlecopy=debug"])
+            // Out of cluster: nothing may come from a pod's environment but what is set here.
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
+        if let Some(kubeconfig) = settings.kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        if let Some(pod_name) = settings.pod_name {
+            command.env("POD_NAME", pod_name);
+        }
         let child = spawn_tied_to_test_process(command).expect("start bundlecopy controller");
         ControllerProcess {
             child: Some(child),
@@ -249,28 +288,50 @@ impl ControllerProcess {
         }
     }
 
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(80)..].join("\n")
     }
 
+    /// Panics (with the log) when the process has exited.
+    fn assert_running(&mut self, while_doing: &str) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "bundlecopy controller exited ({status}) while {while_doing}:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Status code and body of `GET path` on its HTTP port; 0 when it does not answer.
+    async fn get(&self, path: &str) -> (u16, String) {
+        match reqwest::get(format!("http://{}{path}", self.metrics_addr)).await {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                (code, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Whether `/leaderz` answers 200.
+    async fn leads(&self) -> bool {
+        self.get("/leaderz").await.0 == 200
+    }
+
     /// Waits for `/readyz`; fails early if the process exits.
     async fn wait_ready(&mut self) {
-        let url = format!("http://{}/readyz", self.metrics_addr);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "bundlecopy controller exited ({status}) before it was ready:\n{}",
-                    self.log_tail()
-                );
-            }
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status().is_success()
-            {
+            self.assert_running("waiting for /readyz");
+            if self.get("/readyz").await.0 == 200 {
                 return;
             }
             assert!(
@@ -326,13 +387,10 @@ impl Drop for ControllerProcess {
 
 #[tokio::test]
 async fn e2e_examples_on_a_real_cluster() {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        println!(
-            "skipped: KUBECONFIG is not set — point it at a disposable test cluster to run the e2e \
-             suite (it installs the BundleCopy CRD and creates and deletes a namespace); see docs/operator.md"
-        );
+    if skipped_without_cluster() {
         return;
     }
+    let _one_at_a_time = CLUSTER.lock().await;
     bundlecopy::install_crypto_provider();
     let client = Client::try_default()
         .await
@@ -764,4 +822,984 @@ async fn e2e_filled_secrets_are_usable() {
         );
         assert_eq!(copy["metadata"]["namespace"], "ns");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart's RBAC, and leader election, on a real cluster
+
+/// A Helm release name unique to this run; it names the release's cluster-scoped objects too.
+fn unique_release(scenario: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("bce2e-{}-{nanos:x}-{scenario}", std::process::id())
+}
+
+/// The chart's ServiceAccount and RBAC of one release, applied to the cluster, and a kubeconfig
+/// that authenticates as that ServiceAccount with a token from the TokenRequest API.
+struct OperatorAccount {
+    kubeconfig: PathBuf,
+    /// What was applied, as `Kind/name`.
+    applied: Vec<String>,
+}
+
+/// Renders the chart as release `release` in `namespace` with `overrides`, server-side applies its
+/// ServiceAccount, Roles or ClusterRole and bindings (not the Deployment: the operator runs out of
+/// cluster), and writes a kubeconfig for the ServiceAccount into `dir`. With `lease`, also waits
+/// until the ServiceAccount may read that Lease in `namespace`.
+async fn install_operator_account(
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    overrides: &[&str],
+    lease: Option<&str>,
+    dir: &Path,
+) -> OperatorAccount {
+    let mut applied = Vec::new();
+    let mut service_account = None;
+    for (resource, namespaced, object) in chart_rbac_objects(release, namespace, overrides) {
+        let kind = resource.kind.clone();
+        let name = object.name_any();
+        let api: Api<DynamicObject> = if namespaced {
+            let object_namespace = object
+                .namespace()
+                .unwrap_or_else(|| panic!("the chart's {kind} {name} has no namespace"));
+            Api::namespaced_with(client.clone(), &object_namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying the chart's {kind} {name}: {e}"));
+        if kind == "ServiceAccount" {
+            service_account = Some(name.clone());
+        }
+        applied.push(format!("{kind}/{name}"));
+    }
+    let service_account = service_account.expect("the chart renders a ServiceAccount");
+    let token = service_account_token(client, namespace, &service_account).await;
+    let kubeconfig = dir.join(format!("{release}.kubeconfig"));
+    let current = kube::config::Kubeconfig::read().expect("read the kubeconfig of KUBECONFIG");
+    std::fs::write(
+        &kubeconfig,
+        service_account_kubeconfig(&current, &token, namespace),
+    )
+    .unwrap();
+    wait_until_allowed(&kubeconfig, namespace, &service_account, lease).await;
+    OperatorAccount {
+        kubeconfig,
+        applied,
+    }
+}
+
+/// The objects of the chart that the suite applies: its ServiceAccount, Roles or ClusterRole and
+/// bindings, each with its API and whether it is namespaced. The Deployment, Service and
+/// ServiceMonitor are left out: the operator runs as a process instead.
+fn chart_rbac_objects(
+    release: &str,
+    namespace: &str,
+    overrides: &[&str],
+) -> Vec<(ApiResource, bool, DynamicObject)> {
+    crate::chart::render_release(release, namespace, overrides)
+        .into_iter()
+        .filter_map(|object| {
+            let object: Value =
+                serde_json::to_value(&object).expect("a YAML object converts to JSON");
+            let (resource, namespaced) = match object["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" => (ApiResource::erase::<ServiceAccount>(&()), true),
+                "Role" => (ApiResource::erase::<Role>(&()), true),
+                "RoleBinding" => (ApiResource::erase::<RoleBinding>(&()), true),
+                "ClusterRole" => (ApiResource::erase::<ClusterRole>(&()), false),
+                "ClusterRoleBinding" => (ApiResource::erase::<ClusterRoleBinding>(&()), false),
+                "Deployment" | "Service" | "ServiceMonitor" => return None,
+                other => panic!("the chart renders a {other:?}, which this test does not know"),
+            };
+            let object: DynamicObject =
+                serde_json::from_value(object).expect("a rendered object is a Kubernetes object");
+            Some((resource, namespaced, object))
+        })
+        .collect()
+}
+
+/// A bearer token for the ServiceAccount (the `serviceaccounts/token` subresource), valid for an hour.
+async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for ServiceAccount {namespace}/{name}: {e}"));
+    issued
+        .status
+        .expect("a TokenRequest answer carries the token")
+        .token
+}
+
+/// A kubeconfig with the cluster of `current`'s current context (server, CA, TLS settings) and
+/// `token` as its only user.
+fn service_account_kubeconfig(
+    current: &kube::config::Kubeconfig,
+    token: &str,
+    namespace: &str,
+) -> String {
+    let context_name = current
+        .current_context
+        .clone()
+        .expect("the kubeconfig has a current-context");
+    let context = current
+        .contexts
+        .iter()
+        .find(|named| named.name == context_name)
+        .and_then(|named| named.context.clone())
+        .unwrap_or_else(|| panic!("the kubeconfig has no context {context_name}"));
+    // `read` and `read_from` made a certificate-authority file path absolute, so it still works
+    // from another directory.
+    let cluster = current
+        .clusters
+        .iter()
+        .find(|named| named.name == context.cluster)
+        .and_then(|named| named.cluster.clone())
+        .unwrap_or_else(|| panic!("the kubeconfig has no cluster {}", context.cluster));
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator",
+                      "context": {"cluster": "e2e", "user": "operator", "namespace": namespace}}],
+        "current-context": "operator",
+    });
+    // JSON is YAML.
+    serde_json::to_string_pretty(&config).unwrap()
+}
+
+/// Waits until the ServiceAccount may list BundleCopies in `namespace` and, with `lease`, read
+/// that Lease there (RBAC reaches the authorizer within moments), so that the operator's start-up
+/// checks do not race it: a refusal then stops the operator.
+async fn wait_until_allowed(
+    kubeconfig: &Path,
+    namespace: &str,
+    service_account: &str,
+    lease: Option<&str>,
+) {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("the ServiceAccount kubeconfig loads");
+    let client = Client::try_from(config).expect("a client for the ServiceAccount kubeconfig");
+    let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut refused = bundle_copies
+            .list(&ListParams::default().limit(1))
+            .await
+            .err()
+            .map(|error| format!("list BundleCopies: {error}"));
+        if refused.is_none()
+            && let Some(lease) = lease
+        {
+            // Absent is fine (the operator creates it); only a refusal is not.
+            refused = leases
+                .get_opt(lease)
+                .await
+                .err()
+                .map(|error| format!("get Lease {lease}: {error}"));
+        }
+        let Some(refused) = refused else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "ServiceAccount {service_account} still may not {refused} in {namespace} 30 s after the \
+             chart's RBAC was applied"
+        );
+        eprintln!("ServiceAccount {service_account} may not {refused} yet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes the cluster-scoped objects of a release (its namespaced ones go with the namespace).
+async fn delete_cluster_rbac(client: &Client, release: &str) {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let params = ListParams::default().labels(&selector);
+    let deleted = [
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .delete_collection(&DeleteParams::default(), &params)
+            .await
+            .map(|_| ()),
+        Api::<ClusterRole>::all(client.clone())
+            .delete_collection(&DeleteParams::default(), &params)
+            .await
+            .map(|_| ()),
+    ];
+    for result in deleted {
+        if let Err(error) = result {
+            eprintln!("could not delete the cluster RBAC of release {release}: {error}");
+        }
+    }
+}
+
+/// The Events about BundleCopy `name`, once every reason in `reasons` is among them (up to 30 s).
+async fn wait_for_event_reasons(events: &Api<Event>, name: &str, reasons: &[&str]) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found: Vec<Event> = events
+            .list(&ListParams::default())
+            .await
+            .expect("list Events")
+            .items
+            .into_iter()
+            .filter(|event| {
+                event.regarding.as_ref().is_some_and(|regarding| {
+                    regarding.kind.as_deref() == Some("BundleCopy")
+                        && regarding.name.as_deref() == Some(name)
+                })
+            })
+            .collect();
+        if reasons
+            .iter()
+            .all(|reason| found.iter().any(|e| e.reason.as_deref() == Some(*reason)))
+        {
+            return found;
+        }
+        let seen: Vec<(Option<String>, Option<String>)> = found
+            .iter()
+            .map(|e| (e.reason.clone(), e.reporting_instance.clone()))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "Events about {name} lack one of {reasons:?} after 30 s; (reason, reportingInstance): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until the status of BundleCopy `name` satisfies `accept`.
+async fn wait_for_status(
+    api: &Api<BundleCopy>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    accept: impl Fn(&BundleCopyStatus) -> bool,
+) -> BundleCopy {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let object = api.get_opt(name).await.expect("get the BundleCopy");
+        if let Some(object) = &object
+            && object.status.as_ref().is_some_and(&accept)
+        {
+            return object.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BundleCopy {name} did not reach {what} within {timeout:?}; status: {:?}",
+            object.and_then(|o| o.status)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn ready_reason(status: &BundleCopyStatus) -> Option<(&str, &str)> {
+    status
+        .condition("Ready")
+        .map(|ready| (ready.status.as_str(), ready.reason.as_str()))
+}
+
+async fn lease_holder(client: &Client, namespace: &str, name: &str) -> (Option<String>, i32) {
+    let lease = Api::<Lease>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("get Lease {namespace}/{name}: {e}"));
+    let spec = lease.spec.unwrap_or_default();
+    (
+        spec.holder_identity,
+        spec.lease_transitions.unwrap_or_default(),
+    )
+}
+
+/// Polls until `process` answers `path` with `wanted` (code, body).
+async fn wait_for_answer(
+    process: &mut ControllerProcess,
+    path: &str,
+    wanted: (u16, &str),
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        process.assert_running(&format!("waiting for {path} to answer {wanted:?}"));
+        let (code, body) = process.get(path).await;
+        if (code, body.trim_end()) == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} answered {code} {body:?}, not {wanted:?}, within {timeout:?}:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One way to install the chart's RBAC.
+struct RbacScenario {
+    label: &'static str,
+    release: String,
+    /// `watchNamespaces` = the test namespace (Roles) or empty (a ClusterRole).
+    namespaced: bool,
+}
+
+/// The chart's RBAC is all the operator needs: for a namespaced install (`watchNamespaces`) and
+/// a cluster-wide one, the rendered ServiceAccount, Roles or ClusterRole and bindings are applied
+/// and `bundlecopy controller` runs with a token of that ServiceAccount only — with leader
+/// election on, so the Lease rules are exercised too. It must lead, copy a bundle, write its
+/// Events and log no refusal; a missing permission fails one of these.
+#[tokio::test]
+async fn e2e_chart_rbac_is_enough_on_a_real_cluster() {
+    if skipped_without_cluster() {
+        return;
+    }
+    let _one_at_a_time = CLUSTER.lock().await;
+    bundlecopy::install_crypto_provider();
+    let client = Client::try_default()
+        .await
+        .expect("a client for the cluster in KUBECONFIG");
+    let registry = TestRegistry::start(RegistryKind::Plain).await;
+    let pushed = push_bundle(
+        &registry,
+        SOURCE_REPO,
+        "v1",
+        &BundleSpec::new("hello", "0.1.0"),
+    )
+    .await;
+    apply_crd(&client).await;
+    let namespace = unique_namespace();
+    create_namespace(&client, &namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = [
+        RbacScenario {
+            label: "namespaced",
+            release: unique_release("ns"),
+            namespaced: true,
+        },
+        RbacScenario {
+            label: "cluster",
+            release: unique_release("cl"),
+            namespaced: false,
+        },
+    ];
+    let mut processes: Vec<ControllerProcess> = Vec::new();
+
+    let outcome = AssertUnwindSafe(async {
+        for scenario in &scenarios {
+            run_with_chart_rbac(
+                &client,
+                &namespace,
+                scenario,
+                &registry,
+                &pushed,
+                dir.path(),
+                &mut processes,
+            )
+            .await;
+        }
+    })
+    .catch_unwind()
+    .await;
+
+    for process in &mut processes {
+        process.stop().await;
+    }
+    if let Err(error) = Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await
+    {
+        eprintln!("could not delete namespace {namespace}: {error}");
+    }
+    for scenario in &scenarios {
+        delete_cluster_rbac(&client, &scenario.release).await;
+    }
+    if let Err(panic) = outcome {
+        for process in &processes {
+            eprintln!(
+                "log of {} (last lines):\n{}",
+                process.log.display(),
+                process.log_tail()
+            );
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn run_with_chart_rbac(
+    client: &Client,
+    namespace: &str,
+    scenario: &RbacScenario,
+    registry: &TestRegistry,
+    pushed: &PushedBundle,
+    dir: &Path,
+    processes: &mut Vec<ControllerProcess>,
+) {
+    let release = scenario.release.as_str();
+    let watch_namespaces = format!("watchNamespaces={{{namespace}}}");
+    let lease_name = format!("leaderElection.leaseName={release}");
+    let mut overrides = vec!["leaderElection.enabled=true", lease_name.as_str()];
+    if scenario.namespaced {
+        overrides.push(&watch_namespaces);
+    }
+    let account =
+        install_operator_account(client, release, namespace, &overrides, Some(release), dir).await;
+    let role_kind = if scenario.namespaced {
+        "Role/"
+    } else {
+        "ClusterRole/"
+    };
+    assert!(
+        account.applied.iter().any(|a| a.starts_with(role_kind)),
+        "{}: expected a {role_kind} among {:?}",
+        scenario.label,
+        account.applied
+    );
+
+    let mut args = vec![
+        "--leader-election",
+        "--leader-election-namespace",
+        namespace,
+        "--leader-election-lease-name",
+        release,
+        "--leader-election-identity",
+        release,
+    ];
+    if scenario.namespaced {
+        args.extend(["--namespace", namespace]);
+    }
+    processes.push(ControllerProcess::spawn(
+        &args,
+        ProcessSettings {
+            kubeconfig: Some(&account.kubeconfig),
+            pod_name: Some(release),
+        },
+        dir.join(format!("{release}.log")),
+    ));
+    let controller = processes.last_mut().expect("just started");
+    wait_for_answer(
+        controller,
+        "/leaderz",
+        (200, "leader"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        lease_holder(client, namespace, release).await.0.as_deref(),
+        Some(release),
+        "the operator created and holds its Lease"
+    );
+
+    // The plain-HTTP example, renamed, into a destination of its own.
+    let name = format!("hello-rbac-{}", scenario.label);
+    let prefix = format!("rbac-{}", scenario.label);
+    let hosts = [registry.host(), registry.host(), registry.host()];
+    let mut documents = example_documents("plain-http.yaml", &hosts, namespace);
+    for document in &mut documents {
+        if document["kind"] == "BundleCopy" {
+            document["metadata"]["name"] = name.clone().into();
+            document["spec"]["destination"]["reference"] =
+                format!("{}/{prefix}", registry.host()).into();
+        }
+    }
+    apply_all(client, namespace, &documents).await;
+    let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
+    let ready = wait_for_ready(&bundle_copies, &name, |status| status == "True").await;
+    let status = ready.status.unwrap_or_default();
+    assert_eq!(
+        status.destination_digest.as_deref(),
+        Some(pushed.index_digest.as_str()),
+        "{}",
+        scenario.label
+    );
+    assert_bundle_copied(
+        registry,
+        SOURCE_REPO,
+        registry,
+        &format!("{prefix}/hello"),
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let written = wait_for_event_reasons(&events, &name, &["CopyStarted", "Copied"]).await;
+    assert!(
+        written
+            .iter()
+            .all(|e| e.reporting_instance.as_deref() == Some(release)),
+        "{}: Events from another instance",
+        scenario.label
+    );
+    // An RBAC refusal reads `... is forbidden: User "system:serviceaccount:..." cannot VERB ...`.
+    // (Other 403s, such as writing into a namespace being deleted by an earlier test, say no
+    // `cannot`.)
+    let refusals: Vec<String> = controller
+        .log_text()
+        .lines()
+        .filter(|line| line.to_ascii_lowercase().contains("forbidden") && line.contains("cannot "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        refusals.is_empty(),
+        "{}: the chart's RBAC lacks a permission the operator used:\n{}",
+        scenario.label,
+        refusals.join("\n")
+    );
+    assert!(
+        controller.stop().await,
+        "{}: the controller did not exit cleanly on SIGTERM:\n{}",
+        scenario.label,
+        controller.log_tail()
+    );
+}
+
+/// Two operators with leader election on one Lease, both with the chart's RBAC: one leads, the
+/// other is Ready as a standby. A copy is asked for while its source registry is down (so it
+/// cannot finish under the first leader); the leader is stopped with SIGTERM, the standby takes
+/// the Lease within the lease duration and, once the source is back, finishes the copy: Ready
+/// True, the destination holds the digest, and the `Copied` Event comes from the new leader.
+#[tokio::test]
+async fn e2e_leader_election_hands_over_on_a_real_cluster() {
+    if skipped_without_cluster() {
+        return;
+    }
+    let _one_at_a_time = CLUSTER.lock().await;
+    bundlecopy::install_crypto_provider();
+    let client = Client::try_default()
+        .await
+        .expect("a client for the cluster in KUBECONFIG");
+    let (source, destination) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::Plain)
+    );
+    let pushed = push_bundle(
+        &source,
+        SOURCE_REPO,
+        "v1",
+        &BundleSpec::new("hello", "0.1.0"),
+    )
+    .await;
+    source.stop();
+    apply_crd(&client).await;
+    let namespace = unique_namespace();
+    create_namespace(&client, &namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = unique_release("le");
+    let mut processes: Vec<ControllerProcess> = Vec::new();
+
+    let outcome = AssertUnwindSafe(hand_over(
+        &client,
+        &namespace,
+        &release,
+        (&source, &destination),
+        &pushed,
+        dir.path(),
+        &mut processes,
+    ))
+    .catch_unwind()
+    .await;
+
+    for process in &mut processes {
+        process.stop().await;
+    }
+    if let Err(error) = Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await
+    {
+        eprintln!("could not delete namespace {namespace}: {error}");
+    }
+    delete_cluster_rbac(&client, &release).await;
+    if let Err(panic) = outcome {
+        for process in &processes {
+            eprintln!(
+                "log of {} (last lines):\n{}",
+                process.log.display(),
+                process.log_tail()
+            );
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// How long a Lease holder that stopped renewing keeps it (`LeaseSettings::duration`).
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+async fn hand_over(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    (source, destination): (&TestRegistry, &TestRegistry),
+    pushed: &PushedBundle,
+    dir: &Path,
+    processes: &mut Vec<ControllerProcess>,
+) {
+    // Two replicas: the chart turns leader election on and grants the Lease in the namespace.
+    let watch_namespaces = format!("watchNamespaces={{{namespace}}}");
+    let lease_name = format!("leaderElection.leaseName={release}");
+    let account = install_operator_account(
+        client,
+        release,
+        namespace,
+        &["replicaCount=2", &watch_namespaces, &lease_name],
+        Some(release),
+        dir,
+    )
+    .await;
+    let identities = [format!("{release}-a"), format!("{release}-b")];
+    for identity in &identities {
+        let args = [
+            "--namespace",
+            namespace,
+            "--leader-election",
+            "--leader-election-namespace",
+            namespace,
+            "--leader-election-lease-name",
+            release,
+            "--leader-election-identity",
+            identity,
+        ];
+        processes.push(ControllerProcess::spawn(
+            &args,
+            ProcessSettings {
+                kubeconfig: Some(&account.kubeconfig),
+                pod_name: Some(identity),
+            },
+            dir.join(format!("{identity}.log")),
+        ));
+    }
+
+    // One leads; the other is Ready as a standby, so a rollout would complete.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        for process in processes.iter_mut() {
+            process.assert_running("electing a leader");
+        }
+        match (processes[0].leads().await, processes[1].leads().await) {
+            (true, true) => panic!("both operators claim to lead"),
+            (true, false) => break 0,
+            (false, true) => break 1,
+            (false, false) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader within 60 s:\n{}\n---\n{}",
+            processes[0].log_tail(),
+            processes[1].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let standby = 1 - leader;
+    wait_for_answer(
+        &mut processes[standby],
+        "/readyz",
+        (200, "standby"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(processes[standby].get("/leaderz").await.0, 503);
+    assert_eq!(processes[leader].get("/readyz").await.0, 200);
+    for (index, gauge) in [
+        (leader, "bundlecopy_leader 1"),
+        (standby, "bundlecopy_leader 0"),
+    ] {
+        let metrics = processes[index].metrics().await;
+        assert!(metrics.lines().any(|l| l == gauge), "{gauge}:\n{metrics}");
+    }
+    assert_eq!(
+        lease_holder(client, namespace, release).await.0.as_deref(),
+        Some(identities[leader].as_str())
+    );
+
+    // A copy that cannot finish yet: its source registry is down, so the leader fails with
+    // Unreachable and retries with backoff.
+    let copy = serde_json::json!({
+        "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+        "metadata": {"name": "hello-handover", "namespace": namespace},
+        "spec": {
+            "source": {"reference": format!("{}/{SOURCE_REPO}:v1", source.host()), "insecure": true},
+            "destination": {"reference": format!("{}/handover", destination.host()), "insecure": true},
+        },
+    });
+    apply_all(client, namespace, &[copy]).await;
+    let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
+    wait_for_status(
+        &bundle_copies,
+        "hello-handover",
+        "Ready False Unreachable",
+        Duration::from_secs(120),
+        |status| ready_reason(status) == Some(("False", "Unreachable")),
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    for event in wait_for_event_reasons(&events, "hello-handover", &[]).await {
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some(identities[leader].as_str()),
+            "only the leader acts before the hand-over: {:?}",
+            event.reason
+        );
+    }
+
+    // The leader stops, as in a rolling update: it hands the Lease back and the standby takes it
+    // within the lease duration.
+    assert!(
+        processes[leader].stop().await,
+        "the leader did not exit cleanly on SIGTERM:\n{}",
+        processes[leader].log_tail()
+    );
+    let stopped = Instant::now();
+    loop {
+        processes[standby].assert_running("taking over");
+        if processes[standby].leads().await {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < LEASE_DURATION,
+            "the standby did not take over within {LEASE_DURATION:?} of the leader stopping:\n{}",
+            processes[standby].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        processes[standby].get("/readyz").await,
+        (200, "leader\n".to_string())
+    );
+    let (holder, transitions) = lease_holder(client, namespace, release).await;
+    assert_eq!(holder.as_deref(), Some(identities[standby].as_str()));
+    assert!(transitions >= 1, "leaseTransitions {transitions}");
+
+    // The source comes back: the new leader finishes the copy.
+    source.start_again().await;
+    let ready = wait_for_ready(&bundle_copies, "hello-handover", |status| status == "True").await;
+    let status = ready.status.unwrap_or_default();
+    assert_eq!(
+        status.source_digest.as_deref(),
+        Some(pushed.index_digest.as_str())
+    );
+    assert_eq!(
+        status.destination_digest.as_deref(),
+        Some(pushed.index_digest.as_str())
+    );
+    assert_bundle_copied(
+        source,
+        SOURCE_REPO,
+        destination,
+        "handover/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let copied: Vec<Event> = wait_for_event_reasons(&events, "hello-handover", &["Copied"])
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Copied"))
+        .collect();
+    assert!(
+        copied
+            .iter()
+            .all(|e| e.reporting_instance.as_deref() == Some(identities[standby].as_str())),
+        "the copy was finished by the new leader: {:?}",
+        copied
+            .iter()
+            .map(|e| e.reporting_instance.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        processes[standby].stop().await,
+        "the new leader did not exit cleanly on SIGTERM:\n{}",
+        processes[standby].log_tail()
+    );
+}
+
+/// What the RBAC test applies, rendered without a cluster: the namespaced and the cluster-wide
+/// forms hold the kinds expected, in the right namespace, with the Lease rule naming the lease,
+/// and every cluster-scoped object carries the release label that the cleanup deletes by.
+#[test]
+fn e2e_chart_rbac_objects_are_what_the_cluster_tests_apply() {
+    let release = "bce2e-1-ab-ns";
+    let namespace = "bundlecopy-e2e-1-ab";
+    let summary = |objects: &[(ApiResource, bool, DynamicObject)]| {
+        let mut kinds: Vec<String> = objects
+            .iter()
+            .map(|(resource, namespaced, object)| {
+                format!(
+                    "{}{}",
+                    resource.kind,
+                    if *namespaced {
+                        format!(" in {}", object.namespace().unwrap_or_default())
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    let watch = format!("watchNamespaces={{{namespace}}}");
+    let lease = format!("leaderElection.leaseName={release}");
+    let namespaced = chart_rbac_objects(
+        release,
+        namespace,
+        &["leaderElection.enabled=true", &lease, &watch],
+    );
+    let in_namespace = format!(" in {namespace}");
+    assert_eq!(
+        summary(&namespaced),
+        [
+            format!("Role{in_namespace}"),
+            format!("Role{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("ServiceAccount{in_namespace}"),
+        ]
+    );
+    let lease_role = namespaced
+        .iter()
+        .find(|(resource, _, object)| {
+            resource.kind == "Role" && object.name_any().ends_with("-leader-election")
+        })
+        .expect("a Role for the Lease");
+    assert!(
+        lease_role.2.data["rules"].to_string().contains(release),
+        "the Lease rule names the lease: {}",
+        lease_role.2.data
+    );
+
+    let cluster_release = "bce2e-1-ab-cl";
+    let cluster_lease = format!("leaderElection.leaseName={cluster_release}");
+    let cluster_wide = chart_rbac_objects(
+        cluster_release,
+        namespace,
+        &["leaderElection.enabled=true", &cluster_lease],
+    );
+    assert_eq!(
+        summary(&cluster_wide),
+        [
+            "ClusterRole".to_string(),
+            "ClusterRoleBinding".to_string(),
+            format!("Role{in_namespace}"),
+            format!("RoleBinding{in_namespace}"),
+            format!("ServiceAccount{in_namespace}"),
+        ]
+    );
+    for (_, namespaced, object) in &cluster_wide {
+        if !namespaced {
+            assert!(object.name_any().starts_with(cluster_release));
+            assert_eq!(
+                object
+                    .labels()
+                    .get("app.kubernetes.io/instance")
+                    .map(String::as_str),
+                Some(cluster_release),
+                "delete_cluster_rbac finds {} by this label",
+                object.name_any()
+            );
+        }
+    }
+    // The two-replica form the hand-over test uses turns leader election on by itself.
+    let two_replicas = chart_rbac_objects(release, namespace, &["replicaCount=2", &lease, &watch]);
+    assert_eq!(summary(&two_replicas), summary(&namespaced));
+    assert!(
+        unique_release("ns").len() <= 53,
+        "Helm's limit on release names"
+    );
+}
+
+/// The kubeconfig written for the ServiceAccount keeps the current context's server and CA file
+/// (made absolute), drops the current user, and makes kube send the token: checked against a
+/// loopback server that answers the start-up list as an API server would.
+#[tokio::test]
+async fn e2e_service_account_kubeconfig_authenticates_with_the_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bundlecopy::install_crypto_provider();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let seen = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the client closed before sending a request");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let body = r#"{"apiVersion":"bundlecopy.dev/v1alpha1","kind":"BundleCopyList","metadata":{"resourceVersion":"1"},"items":[]}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        &crate::support::registry::test_ca().ca_pem,
+    )
+    .unwrap();
+    let admin = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n\
+         - name: other\n  cluster:\n    server: https://127.0.0.1:1\n\
+         - name: test\n  cluster:\n    server: {server}\n    certificate-authority: ca.pem\n\
+         users:\n- name: admin\n  user:\n    token: admin-token\n\
+         contexts:\n\
+         - name: elsewhere\n  context:\n    cluster: other\n    user: admin\n\
+         - name: here\n  context:\n    cluster: test\n    user: admin\n\
+         current-context: here\n"
+    );
+    let admin_path = dir.path().join("admin-config");
+    std::fs::write(&admin_path, admin).unwrap();
+    let current = kube::config::Kubeconfig::read_from(&admin_path).unwrap();
+    let written = service_account_kubeconfig(&current, "sa-token", "team-a");
+    assert!(!written.contains("admin-token"), "{written}");
+    let ca_path = dir.path().join("ca.pem");
+    let parsed: Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        parsed["clusters"][0]["cluster"]["certificate-authority"],
+        ca_path.to_string_lossy().as_ref(),
+        "the CA file is named by its absolute path: {written}"
+    );
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = other_dir.path().join("sa.kubeconfig");
+    std::fs::write(&kubeconfig, written).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_until_allowed(&kubeconfig, "team-a", "test-sa", None),
+    )
+    .await
+    .expect("the list answers at once");
+    let head = seen.await.unwrap();
+    let request_line = head.lines().next().unwrap_or_default();
+    assert!(
+        request_line
+            .starts_with("GET /apis/bundlecopy.dev/v1alpha1/namespaces/team-a/bundlecopies?"),
+        "{head}"
+    );
+    assert!(
+        head.lines()
+            .any(|line| line.eq_ignore_ascii_case("authorization: Bearer sa-token")),
+        "{head}"
+    );
 }
