@@ -8,6 +8,7 @@ mod chart;
 mod controller;
 mod controller_fake_api;
 mod controller_loop;
+mod controller_malformed;
 mod controller_restart;
 mod controller_run;
 mod controller_scale;
