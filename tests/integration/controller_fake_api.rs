@@ -2,10 +2,11 @@
 //! small fake Kubernetes API server on loopback (real HTTP) holding any number of BundleCopies in
 //! one namespace, and the real `bundlecopy controller` binary run against it.
 //!
-//! The server lists BundleCopies and Secret metadata, keeps watches open and quiet (nothing
-//! changes behind the controller's back), serves Secret GETs, applies status patches to the
-//! objects it holds (so a restarted controller sees what the previous one wrote) and records
-//! patches and Events. Anything else is answered 404 and recorded as unexpected.
+//! The server lists BundleCopies and Secret metadata, serves Secret GETs, applies status patches
+//! to the objects it holds (so a restarted controller sees what the previous one wrote), records
+//! patches and Events, and keeps watches open: like a real API server it sends a MODIFIED event
+//! for every status patch (same generation, new resourceVersion) and an event for every Secret
+//! a test puts (`put_secret`). Anything else is answered 404 and recorded as unexpected.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -26,7 +27,6 @@ use crate::support::process::{kill_and_reap, spawn_tied_to_test_process};
 use crate::support::registry::free_port;
 
 /// What the fake API server holds and saw.
-#[derive(Default)]
 pub struct ApiState {
     /// BundleCopies by name, with the status last applied.
     pub objects: BTreeMap<String, Value>,
@@ -38,6 +38,30 @@ pub struct ApiState {
     /// Non-watch lists of BundleCopies (startup probe and watcher relists).
     pub bundle_copy_lists: usize,
     pub unexpected: Vec<String>,
+    /// Status-patch echoes sent to at least one open BundleCopy watch.
+    pub echoes_delivered: usize,
+    /// resourceVersion of the last write.
+    resource_version: u64,
+    /// Watch events (`{"type", "object"}`) for open BundleCopy and Secret watches.
+    bundle_copy_watch: tokio::sync::broadcast::Sender<Value>,
+    secret_watch: tokio::sync::broadcast::Sender<Value>,
+}
+
+impl Default for ApiState {
+    fn default() -> Self {
+        ApiState {
+            objects: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            status_patches: Vec::new(),
+            events: Vec::new(),
+            bundle_copy_lists: 0,
+            unexpected: Vec::new(),
+            echoes_delivered: 0,
+            resource_version: 100,
+            bundle_copy_watch: tokio::sync::broadcast::channel(4096).0,
+            secret_watch: tokio::sync::broadcast::channel(64).0,
+        }
+    }
 }
 
 impl ApiState {
@@ -107,6 +131,23 @@ impl FakeApiServer {
         }
     }
 
+    /// Creates or replaces a Secret and tells the Secret watches, as a `kubectl apply` would.
+    pub fn put_secret(&self, mut secret: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        secret["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+        let kind = if state.secrets.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let event = json!({"type": kind, "object": {"apiVersion": "v1", "kind": "PartialObjectMetadata",
+                                                  "metadata": secret["metadata"]}});
+        state.secrets.insert(name, secret);
+        let _ = state.secret_watch.send(event);
+    }
+
     /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
     pub fn write_kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
         let path = dir.join("kubeconfig");
@@ -146,12 +187,35 @@ async fn handle(
     let events = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
 
     if method == Method::GET && (path == bundle_copies || path == secrets) && watching {
-        // A watch that stays open and quiet.
-        let quiet = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+        let receiver = {
+            let state = state.lock().unwrap();
+            if path == bundle_copies {
+                state.bundle_copy_watch.subscribe()
+            } else {
+                state.secret_watch.subscribe()
+            }
+        };
+        // Open until the test ends; one JSON line per event.
+        let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        let mut line = serde_json::to_vec(&event).unwrap();
+                        line.push(b'\n');
+                        return Some((
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                            receiver,
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
         return Ok(Response::builder()
             .status(StatusCode::OK)
             .header("content-type", "application/json")
-            .body(StreamBody::new(quiet).boxed_unsync())
+            .body(StreamBody::new(events).boxed_unsync())
             .unwrap());
     }
 
@@ -202,9 +266,19 @@ async fn handle(
                 state
                     .status_patches
                     .push((name.clone(), body["status"].clone()));
+                state.resource_version += 1;
+                let version = state.resource_version.to_string();
                 let object = state.objects.get_mut(&name).unwrap();
                 object["status"] = body["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(version);
                 let object = object.clone();
+                if state
+                    .bundle_copy_watch
+                    .send(json!({"type": "MODIFIED", "object": object}))
+                    .is_ok()
+                {
+                    state.echoes_delivered += 1;
+                }
                 json_response(StatusCode::OK, &object)
             } else {
                 state.unexpected.push(format!("{method} {path}"));

@@ -12,6 +12,7 @@ mod controller_malformed;
 mod controller_restart;
 mod controller_run;
 mod controller_scale;
+mod controller_stalled;
 mod copy;
 mod dockerfile;
 mod e2e;
