@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Controller at scale: the real `bundlecopy controller` process against a fake API server holding
 # N BundleCopies that are all up to date (default 1000), real registries behind counting proxies.
-# Runs the integration test `controller_scale` (which asserts: no status patch, no Event, one
-# destination manifest HEAD per resource, nothing sent to the source, peak RSS <= 100 MiB) and
-# prints its figures: reconciles, patches, Events, HEADs, pings, wall and CPU time of the pass,
-# peak RSS (VmHWM of the controller process).
+# Runs the integration tests `controller_scale_*` (which assert: no status patch, no Event, one
+# destination check per resource, nothing sent to the source, peak RSS <= 100 MiB), once with a
+# plain destination and once with a bearer-token destination and a credentials Secret, and
+# prints their figures: reconciles, patches, Events, manifest HEADs, pings, tokens, Secret reads,
+# wall and CPU time of the pass, peak RSS (VmHWM of the controller process).
 #
 #   bench/controller-scale.sh            # 1000 resources, debug build
 #   bench/controller-scale.sh 5000       # another count

@@ -35,6 +35,8 @@ pub struct ApiState {
     /// `(name, status)` of every status patch, in order.
     pub status_patches: Vec<(String, Value)>,
     pub events: Vec<Value>,
+    /// GETs of single Secrets.
+    pub secret_reads: usize,
     /// Non-watch lists of BundleCopies (startup probe and watcher relists).
     pub bundle_copy_lists: usize,
     pub unexpected: Vec<String>,
@@ -55,6 +57,7 @@ impl Default for ApiState {
             status_patches: Vec::new(),
             events: Vec::new(),
             bundle_copy_lists: 0,
+            secret_reads: 0,
             unexpected: Vec::new(),
             echoes_delivered: 0,
             resource_version: 100,
@@ -253,6 +256,7 @@ async fn handle(
         }
         (Method::GET, p) if p.starts_with(&format!("{secrets}/")) => {
             let name = &p[secrets.len() + 1..];
+            state.secret_reads += 1;
             match state.secrets.get(name) {
                 Some(secret) => json_response(StatusCode::OK, secret),
                 None => not_found(&format!("secrets {name:?}")),
