@@ -66,7 +66,7 @@ pub fn validate(spec: &BundleCopySpec) -> Result<ValidSpec, String> {
                 decide::parse_duration(text).map_err(|error| format!("spec.interval: {error}"))?;
             if interval < MIN_INTERVAL {
                 return Err(format!(
-                    "spec.interval: {text} is shorter than the minimum of 1m"
+                    "spec.interval: {text} is shorter than the minimum of 1m; use 1m or more"
                 ));
             }
             Some(interval)
@@ -101,18 +101,45 @@ impl Failure {
 
     /// The engine's error with a hint phrased for this resource's fields.
     pub fn from_copy_error(error: &CopyError) -> Self {
+        Self::from_copy_error_in(error, None)
+    }
+
+    /// As `from_copy_error`, naming the credential Secrets of `spec` when they were refused.
+    pub fn from_copy_error_in(error: &CopyError, spec: Option<&BundleCopySpec>) -> Self {
         let field = error.side().map(|side| match side {
             Side::Source => "spec.source",
             Side::Destination => "spec.destination",
         });
+        let endpoint = spec.zip(error.side()).map(|(spec, side)| match side {
+            Side::Source => &spec.source,
+            Side::Destination => &spec.destination,
+        });
         let hint = match (error.reason(), field) {
+            (Reason::AuthenticationFailed, Some(field))
+                if endpoint.is_some_and(|endpoint| !endpoint.credentials.is_empty()) =>
+            {
+                let names: Vec<String> = endpoint
+                    .map(|endpoint| {
+                        endpoint
+                            .credentials
+                            .iter()
+                            .map(|c| format!("{:?}", c.name))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "; check that the Secrets listed in {field}.credentials ({}) hold a working \
+                     username and password for this registry",
+                    names.join(", ")
+                )
+            }
+            (Reason::AuthenticationFailed, Some(field)) => {
+                format!("; list a Secret with credentials for this registry in {field}.credentials")
+            }
             (Reason::TLSError, Some(field)) => {
                 format!(
                     "; trust the registry's CA with {field}.caSecretRef, or set {field}.insecure: true"
                 )
-            }
-            (Reason::AuthenticationFailed, Some(field)) => {
-                format!("; check the Secrets listed in {field}.credentials")
             }
             _ => String::new(),
         };
@@ -220,13 +247,8 @@ impl Run {
                     }
                     Ok(Verdict::Copy(cause)) => cause,
                     Err(error) => {
-                        return self
-                            .fail(
-                                Some(&valid.destination),
-                                Failure::from_copy_error(&error),
-                                false,
-                            )
-                            .await;
+                        let failure = Failure::from_copy_error_in(&error, Some(&spec));
+                        return self.fail(Some(&valid.destination), failure, false).await;
                     }
                 }
             }
@@ -359,12 +381,8 @@ impl Run {
             Ok(outcome) => self.copied(valid, &outcome).await,
             Err(error) => {
                 tracing::warn!(%error, "copy failed");
-                self.fail(
-                    Some(&valid.destination),
-                    Failure::from_copy_error(&error),
-                    true,
-                )
-                .await
+                let failure = Failure::from_copy_error_in(&error, Some(spec));
+                self.fail(Some(&valid.destination), failure, true).await
             }
         }
     }

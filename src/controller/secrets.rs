@@ -59,7 +59,10 @@ pub fn registry_credentials(secret: &Secret, field: &str) -> Result<DockerConfig
         SecretProblem::invalid(
             field,
             name,
-            format_args!("of type {type_} has no key {key}"),
+            format_args!(
+                "of type {type_} has no key {key}; put the Docker config under {key}, as \
+                 `kubectl create secret docker-registry` does"
+            ),
         )
     })?;
     parse(bytes)
@@ -69,10 +72,14 @@ pub fn registry_credentials(secret: &Secret, field: &str) -> Result<DockerConfig
 /// PEM CA certificates from `key` of a Secret of any type, checked to be X.509 certificates.
 pub fn ca_certificates(secret: &Secret, key: &str, field: &str) -> Result<Vec<u8>, SecretProblem> {
     let name = secret.metadata.name.as_deref().unwrap_or_default();
-    let pem = secret_value(secret, key)
-        .ok_or_else(|| SecretProblem::invalid(field, name, format_args!("has no key {key}")))?;
+    let fix = format!(
+        "put the registry's CA certificates (PEM) under key {key}, or name another key in {field}.key"
+    );
+    let pem = secret_value(secret, key).ok_or_else(|| {
+        SecretProblem::invalid(field, name, format_args!("has no key {key}; {fix}"))
+    })?;
     crate::copy::validate_ca_pem(pem).map_err(|problem| {
-        SecretProblem::invalid(field, name, format_args!("key {key}: {problem}"))
+        SecretProblem::invalid(field, name, format_args!("key {key}: {problem}; {fix}"))
     })?;
     Ok(pem.to_vec())
 }

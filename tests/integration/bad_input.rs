@@ -2,16 +2,27 @@
 //! destination), broken Docker configs, garbage CA files, sources that are not bundles. Each row
 //! must give its reason (engine) and exit code 1 with exactly one `error:` line naming the key
 //! fact (CLI), quickly (no hot loop), and never a panic.
+//!
+//! The controller rows (bad Secrets, CA Secrets, intervals, references, non-bundles as a
+//! BundleCopy meets them) are the second table below, `bad_input_controller_rows_...`: each is one
+//! reconcile against a mocked API server and must end in its Ready reason, a message naming the
+//! Secret or field and the fix (never a secret value), Stalled True and the slow retry.
 //! `cargo test --test integration bad_input`
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use bundlecopy::copy::{EndpointOptions, Progress, copy_bundle};
+use bundlecopy::api::BundleCopy;
+use bundlecopy::controller::decide::PERMANENT_RETRY;
+use bundlecopy::controller::{Context, reconcile};
+use bundlecopy::copy::{EndpointOptions, EngineSettings, Progress, copy_bundle};
 use bundlecopy::credentials::DockerConfig as EngineDockerConfig;
+use bundlecopy::metrics::Metrics;
 use bundlecopy::{CopyError, Reason};
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::faults::{bounded, copy_request, direct, fast_settings};
 use crate::support::check::run_cli_with;
@@ -404,5 +415,610 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
     eprintln!("| input | reason | CLI error line |\n|---|---|---|");
     for row in rows {
         eprintln!("{row}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller rows of the bad-input table: one reconcile per row against a mocked API server
+// (serving the row's BundleCopy and Secrets) and real registries.
+// `cargo test --test integration bad_input_controller`
+// ---------------------------------------------------------------------------------------------
+
+const NAMESPACE: &str = "team-bad";
+const OBJECT_NAME: &str = "bad";
+/// In every credential and CA the rows hand over; it must never appear in a status or an Event.
+const SECRET_MARKER: &str = "s3cret-Marker";
+/// A reconcile of a bad row ends well within this (no copy is long); more means a hang.
+const RECONCILE_BOUND: Duration = Duration::from_secs(60);
+/// Requests one reconcile of a bad row may send (Secret reads, two patches, two Events); more
+/// means it loops.
+const MAX_REQUESTS_PER_RECONCILE: usize = 8;
+
+/// One controller row: a BundleCopy spec, the Secrets in its namespace, and what the Ready
+/// condition must say.
+struct ControllerRow {
+    what: &'static str,
+    spec: serde_json::Value,
+    secrets: Vec<Secret>,
+    reason: Reason,
+    /// Fragments the Ready message must hold: the Secret or field at fault and the fix.
+    facts: Vec<String>,
+}
+
+fn secret_of(name: &str, type_: Option<&str>, data: &[(&str, &[u8])]) -> Secret {
+    let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> = data
+        .iter()
+        .map(|(key, value)| (key.to_string(), k8s_openapi::ByteString(value.to_vec())))
+        .collect();
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(NAMESPACE.to_string()),
+            ..Default::default()
+        },
+        type_: type_.map(str::to_string),
+        data: (!data.is_empty()).then_some(data),
+        ..Default::default()
+    }
+}
+
+fn docker_secret(name: &str, json: &str) -> Secret {
+    secret_of(
+        name,
+        Some("kubernetes.io/dockerconfigjson"),
+        &[(".dockerconfigjson", json.as_bytes())],
+    )
+}
+
+/// What the mocked API server saw during one reconcile.
+#[derive(Default)]
+struct Seen {
+    secret_reads: Vec<String>,
+    status_patches: Vec<serde_json::Value>,
+    events: Vec<serde_json::Value>,
+    unexpected: Vec<String>,
+}
+
+impl Seen {
+    fn requests(&self) -> usize {
+        self.secret_reads.len()
+            + self.status_patches.len()
+            + self.events.len()
+            + self.unexpected.len()
+    }
+}
+
+/// Answers every request of a reconcile: Secret GETs from `secrets` (404 when absent), status
+/// patches (echoing the object with the new status), Event posts and patches.
+async fn serve_api(
+    mut handle: tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >,
+    object: serde_json::Value,
+    secrets: Vec<Secret>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    use http::{Method, StatusCode};
+    let respond = |status: StatusCode, body: &serde_json::Value| {
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    };
+    let secrets_path = format!("/api/v1/namespaces/{NAMESPACE}/secrets/");
+    let status_path = format!(
+        "/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies/{OBJECT_NAME}/status"
+    );
+    let events_path = format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events");
+    while let Some((request, send)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .or_else(|_| serde_yaml::from_slice(&bytes))
+            .unwrap_or(serde_json::Value::Null);
+        let path = parts.uri.path().to_string();
+        let mut seen = seen.lock().unwrap();
+        let response = if parts.method == Method::GET && path.starts_with(&secrets_path) {
+            let name = &path[secrets_path.len()..];
+            seen.secret_reads.push(name.to_string());
+            match secrets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+            {
+                Some(secret) => respond(StatusCode::OK, &serde_json::to_value(secret).unwrap()),
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": format!("secrets \"{name}\" not found"),
+                        "details": {"name": name, "kind": "secrets"}}),
+                ),
+            }
+        } else if parts.method == Method::PATCH && path == status_path {
+            seen.status_patches.push(body["status"].clone());
+            let mut updated = object.clone();
+            updated["status"] = body["status"].clone();
+            respond(StatusCode::OK, &updated)
+        } else if path.starts_with(&events_path) {
+            seen.events.push(body.clone());
+            respond(StatusCode::CREATED, &body)
+        } else {
+            seen.unexpected.push(format!("{} {path}", parts.method));
+            respond(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"kind": "Status", "code": 404}),
+            )
+        };
+        drop(seen);
+        send.send_response(response);
+    }
+}
+
+/// Runs one reconcile of `object` with `secrets` in the namespace; returns its Action and what
+/// the API server saw. Panics (naming the row) on a reconcile error, a panic or a hang.
+async fn reconcile_row(
+    what: &str,
+    object: &BundleCopy,
+    secrets: &[Secret],
+) -> (kube::runtime::controller::Action, Seen) {
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(service, NAMESPACE);
+    let context = Arc::new(Context::new(
+        client,
+        Arc::new(Metrics::new()),
+        EngineSettings::default(),
+        1,
+    ));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let server = tokio::spawn(serve_api(
+        handle,
+        serde_json::to_value(object).unwrap(),
+        secrets.to_vec(),
+        seen.clone(),
+    ));
+    let reconciling = tokio::spawn(reconcile(Arc::new(object.clone()), context));
+    let action = tokio::time::timeout(RECONCILE_BOUND, reconciling)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the reconcile did not end within {RECONCILE_BOUND:?}"))
+        .unwrap_or_else(|panic| panic!("{what}: the reconcile panicked: {panic}"))
+        .unwrap_or_else(|error| {
+            panic!("{what}: a bad input must end in the status, not in an error: {error}")
+        });
+    server.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (action, seen)
+}
+
+fn bundle_copy_object(spec: &serde_json::Value, status: Option<&serde_json::Value>) -> BundleCopy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bundlecopy.dev/v1alpha1",
+        "kind": "BundleCopy",
+        "metadata": {"name": OBJECT_NAME, "namespace": NAMESPACE, "generation": 1,
+                     "uid": "0bad0bad-0000-4000-8000-000000000001", "resourceVersion": "7"},
+        "spec": spec,
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn ready_of(status: &serde_json::Value, type_: &str) -> (String, String, String) {
+    let condition = status["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
+    let text = |key: &str| condition[key].as_str().unwrap_or_default().to_string();
+    (text("status"), text("reason"), text("message"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_retry() {
+    let plain = TestRegistry::start(RegistryKind::Plain).await;
+    let auth = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
+    let pushed = push_bundle(
+        &plain,
+        "good/app",
+        "v1",
+        &BundleSpec::new("good", "1.0.0").with_component("db", ImageFormat::Oci, &[2000]),
+    )
+    .await;
+    let image = push_plain_image(&plain, "plain/image", "v1").await;
+    let ghost = push_bundle(
+        &plain,
+        "ghost/app",
+        "v1",
+        &BundleSpec::new("ghost", "1.0.0")
+            .with_component("db", ImageFormat::Oci, &[2000])
+            .with_component_missing_from_bundle_json("ghost-component"),
+    )
+    .await;
+
+    let host = auth.host();
+    let user_and_secret = format!("{}:{SECRET_MARKER}", auth.username());
+    let good_ca = secret_of(
+        "registry-ca",
+        Some("Opaque"),
+        &[("ca.crt", auth.ca_pem().unwrap().as_bytes())],
+    );
+    // The usual shape: credentials and CA for an authenticated TLS destination.
+    let authenticated = |extra: serde_json::Value| {
+        let mut spec = serde_json::json!({
+            "source": {"reference": pushed.reference},
+            "destination": {"reference": format!("{host}/team"),
+                            "credentials": [{"name": "push-creds"}],
+                            "caSecretRef": {"name": "registry-ca"}},
+        });
+        json_merge(&mut spec, extra);
+        spec
+    };
+    let with_ca = |credentials: Secret| vec![credentials, good_ca.clone()];
+    let field = "spec.destination.credentials";
+    let facts = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let named = "\"push-creds\"";
+    let kubectl_fix = "kubectl create secret docker-registry";
+
+    let mut rows = vec![
+        ControllerRow {
+            what: "a Secret that does not exist",
+            spec: authenticated(serde_json::json!({})),
+            secrets: vec![good_ca.clone()],
+            reason: Reason::SecretNotFound,
+            facts: facts(&[named, field, "create it or fix the name"]),
+        },
+        ControllerRow {
+            what: "a Secret of the wrong type (Opaque)",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(secret_of(
+                "push-creds",
+                Some("Opaque"),
+                &[(".dockerconfigjson", auth.docker_config_json().as_bytes())],
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "has type Opaque", kubectl_fix]),
+        },
+        ControllerRow {
+            what: "a Secret of the wrong type (basic-auth)",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(secret_of(
+                "push-creds",
+                Some("kubernetes.io/basic-auth"),
+                &[
+                    ("username", auth.username().as_bytes()),
+                    ("password", SECRET_MARKER.as_bytes()),
+                ],
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "kubernetes.io/basic-auth", kubectl_fix]),
+        },
+        ControllerRow {
+            what: "a dockerconfigjson Secret without its key",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(secret_of(
+                "push-creds",
+                Some("kubernetes.io/dockerconfigjson"),
+                &[("config.json", user_and_secret.as_bytes())],
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "has no key .dockerconfigjson", kubectl_fix]),
+        },
+        ControllerRow {
+            what: "a dockercfg Secret without any data",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(secret_of("push-creds", Some("kubernetes.io/dockercfg"), &[])),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "has no key .dockercfg", kubectl_fix]),
+        },
+        ControllerRow {
+            what: "a Secret with invalid JSON",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(docker_secret(
+                "push-creds",
+                &format!(r#"{{"auths": {{"{host}": {{"password": "{SECRET_MARKER}" "username": "u"}}}}}}"#),
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "key .dockerconfigjson", "not valid JSON", "fix the JSON syntax"]),
+        },
+        ControllerRow {
+            what: "a Secret with invalid base64 in auth",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(docker_secret(
+                "push-creds",
+                &format!(r#"{{"auths":{{"{host}":{{"auth":"%{SECRET_MARKER}%"}}}}}}"#),
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "not valid base64", "USERNAME:PASSWORD"]),
+        },
+        ControllerRow {
+            what: "a Secret whose auth has no colon",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(docker_secret(
+                "push-creds",
+                &format!(r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#, STANDARD.encode(SECRET_MARKER)),
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "USERNAME:PASSWORD"]),
+        },
+        ControllerRow {
+            what: "a Secret with an empty username",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(docker_secret(
+                "push-creds",
+                &format!(
+                    r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+                    STANDARD.encode(format!(":{SECRET_MARKER}"))
+                ),
+            )),
+            reason: Reason::InvalidSecret,
+            facts: facts(&[named, field, "empty username"]),
+        },
+        ControllerRow {
+            what: "a Secret with credentials only for other hosts",
+            spec: authenticated(serde_json::json!({})),
+            secrets: with_ca(docker_secret(
+                "push-creds",
+                &format!(
+                    r#"{{"auths":{{"other.example.com":{{"auth":"{0}"}},"127.0.0.1:1":{{"auth":"{0}"}}}}}}"#,
+                    STANDARD.encode(&user_and_secret)
+                ),
+            )),
+            reason: Reason::AuthenticationFailed,
+            facts: facts(&[named, field, "no credentials match", &host]),
+        },
+        ControllerRow {
+            what: "a source credentials Secret that does not exist",
+            spec: authenticated(serde_json::json!({"source": {"credentials": [{"name": "pull-creds"}]}})),
+            secrets: with_ca(docker_secret("push-creds", &auth.docker_config_json())),
+            reason: Reason::SecretNotFound,
+            facts: facts(&["\"pull-creds\"", "spec.source.credentials", "create it or fix the name"]),
+        },
+        ControllerRow {
+            what: "a caSecretRef with garbage PEM",
+            spec: authenticated(serde_json::json!({})),
+            secrets: vec![
+                docker_secret("push-creds", &auth.docker_config_json()),
+                secret_of(
+                    "registry-ca",
+                    Some("Opaque"),
+                    &[("ca.crt", b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n")],
+                ),
+            ],
+            reason: Reason::InvalidSecret,
+            facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "key ca.crt", "not valid PEM", "put the registry's CA certificates (PEM) under key ca.crt"]),
+        },
+        ControllerRow {
+            what: "a caSecretRef holding no certificate",
+            spec: authenticated(serde_json::json!({})),
+            secrets: vec![
+                docker_secret("push-creds", &auth.docker_config_json()),
+                secret_of("registry-ca", Some("Opaque"), &[("ca.crt", SECRET_MARKER.as_bytes())]),
+            ],
+            reason: Reason::InvalidSecret,
+            facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "no PEM certificate", "put the registry's CA certificates (PEM) under key ca.crt"]),
+        },
+        ControllerRow {
+            what: "a caSecretRef without its key",
+            spec: authenticated(serde_json::json!({})),
+            secrets: vec![
+                docker_secret("push-creds", &auth.docker_config_json()),
+                secret_of(
+                    "registry-ca",
+                    Some("kubernetes.io/tls"),
+                    &[("tls.crt", auth.ca_pem().unwrap().as_bytes())],
+                ),
+            ],
+            reason: Reason::InvalidSecret,
+            facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "has no key ca.crt", "or name another key in spec.destination.caSecretRef.key"]),
+        },
+        ControllerRow {
+            what: "a caSecretRef naming a missing Secret",
+            spec: authenticated(serde_json::json!({})),
+            secrets: vec![docker_secret("push-creds", &auth.docker_config_json())],
+            reason: Reason::SecretNotFound,
+            facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "create it or fix the name"]),
+        },
+        ControllerRow {
+            what: "a source that is not a bundle",
+            spec: serde_json::json!({"source": {"reference": image.reference},
+                                     "destination": {"reference": format!("{}/mirror", plain.host())}}),
+            secrets: vec![],
+            reason: Reason::NotABundle,
+            facts: facts(&["not a CNAB bundle"]),
+        },
+        ControllerRow {
+            what: "an index naming a component missing from bundle.json",
+            spec: serde_json::json!({"source": {"reference": ghost.reference},
+                                     "destination": {"reference": format!("{}/mirror", plain.host())}}),
+            secrets: vec![],
+            reason: Reason::NotABundle,
+            facts: facts(&["ghost-component"]),
+        },
+    ];
+    // Shapes the CRD's CEL rules reject, which a non-validating API server could still hand over.
+    let spec_rows: [(&'static str, serde_json::Value, &[&str]); 9] = [
+        (
+            "interval banana",
+            serde_json::json!({"interval": "banana"}),
+            &["spec.interval", "\"banana\"", "use a number and a unit"],
+        ),
+        (
+            "interval -5m",
+            serde_json::json!({"interval": "-5m"}),
+            &["spec.interval", "negative"],
+        ),
+        (
+            "interval 10s",
+            serde_json::json!({"interval": "10s"}),
+            &[
+                "spec.interval",
+                "shorter than the minimum of 1m",
+                "use 1m or more",
+            ],
+        ),
+        (
+            "interval 0",
+            serde_json::json!({"interval": "0"}),
+            &["spec.interval", "shorter than the minimum"],
+        ),
+        (
+            "interval empty",
+            serde_json::json!({"interval": ""}),
+            &["spec.interval", "empty"],
+        ),
+        (
+            "interval 10 (no unit)",
+            serde_json::json!({"interval": "10"}),
+            &["spec.interval", "unit"],
+        ),
+        (
+            "empty source reference",
+            serde_json::json!({"source": {"reference": ""}}),
+            &["spec.source.reference", "empty"],
+        ),
+        (
+            "empty destination reference",
+            serde_json::json!({"destination": {"reference": ""}}),
+            &["spec.destination.reference", "empty"],
+        ),
+        (
+            "the destination is the source",
+            serde_json::json!({"destination": {"reference": pushed.reference}}),
+            &["spec.destination.reference", "is the source itself"],
+        ),
+    ];
+    for (what, extra, expected) in spec_rows {
+        let mut spec = serde_json::json!({
+            "source": {"reference": pushed.reference},
+            "destination": {"reference": format!("{}/mirror", plain.host())},
+        });
+        json_merge(&mut spec, extra);
+        rows.push(ControllerRow {
+            what,
+            spec,
+            secrets: vec![],
+            reason: Reason::InvalidSpec,
+            facts: facts(expected),
+        });
+    }
+
+    let encoded_marker = STANDARD.encode(&user_and_secret);
+    let mut table = Vec::new();
+    for row in &rows {
+        let what = row.what;
+        let object = bundle_copy_object(&row.spec, None);
+        let (action, seen) = reconcile_row(what, &object, &row.secrets).await;
+        assert!(
+            seen.unexpected.is_empty(),
+            "{what}: unexpected requests {:?}",
+            seen.unexpected
+        );
+        assert!(
+            seen.requests() <= MAX_REQUESTS_PER_RECONCILE,
+            "{what}: {} API requests in one reconcile",
+            seen.requests()
+        );
+        let status = seen
+            .status_patches
+            .last()
+            .unwrap_or_else(|| panic!("{what}: no status written"));
+        let (ready, reason, message) = ready_of(status, "Ready");
+        assert_eq!(
+            (ready.as_str(), reason.as_str()),
+            ("False", row.reason.as_str()),
+            "{what}: {message}"
+        );
+        for fact in &row.facts {
+            assert!(
+                message.contains(fact.as_str()),
+                "{what}: {fact:?} not in {message:?}"
+            );
+        }
+        let (stalled, stalled_reason, _) = ready_of(status, "Stalled");
+        assert_eq!(
+            (stalled.as_str(), stalled_reason.as_str()),
+            ("True", row.reason.as_str()),
+            "{what}: a permanent problem is Stalled"
+        );
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
+            "{what}: the retry must be the slow one"
+        );
+        assert!(PERMANENT_RETRY >= Duration::from_secs(600));
+        // No secret value anywhere the controller wrote.
+        let written = format!("{:?} {:?}", seen.status_patches, seen.events);
+        for leak in [SECRET_MARKER, encoded_marker.as_str()] {
+            assert!(
+                !written.contains(leak),
+                "{what}: the status or an Event leaks a secret: {written}"
+            );
+        }
+        assert!(
+            seen.events
+                .iter()
+                .any(|e| e["reason"] == "CopyFailed" && e["type"] == "Warning"),
+            "{what}: no CopyFailed Event: {:?}",
+            seen.events
+        );
+        if row.reason == Reason::InvalidSpec {
+            assert!(
+                seen.secret_reads.is_empty(),
+                "{what}: read Secrets for an invalid spec"
+            );
+        }
+
+        // The slow retry of a problem found before any copy changes nothing: no patch, no Event.
+        if matches!(
+            row.reason,
+            Reason::InvalidSpec | Reason::InvalidSecret | Reason::SecretNotFound
+        ) {
+            let again = bundle_copy_object(&row.spec, Some(status));
+            let (action, seen_again) = reconcile_row(what, &again, &row.secrets).await;
+            assert_eq!(
+                action,
+                kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
+                "{what}"
+            );
+            assert!(
+                seen_again.status_patches.is_empty() && seen_again.events.is_empty(),
+                "{what}: a retry with nothing changed wrote {:?} {:?}",
+                seen_again.status_patches,
+                seen_again.events
+            );
+        }
+        table.push(format!("| {what} | {reason} | {message} |"));
+    }
+    // Nothing reached the destinations.
+    assert!(
+        plain
+            .client()
+            .head_manifest("mirror/app", "v1")
+            .await
+            .is_none()
+    );
+    assert!(
+        auth.client()
+            .head_manifest("team/app", "v1")
+            .await
+            .is_none()
+    );
+    eprintln!("| controller input | Ready reason | Ready message |\n|---|---|---|");
+    for line in table {
+        eprintln!("{line}");
+    }
+}
+
+/// Merges `extra` into `target` (objects recursively; other values replace).
+fn json_merge(target: &mut serde_json::Value, extra: serde_json::Value) {
+    match (target, extra) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                json_merge(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, extra) => *target = extra,
     }
 }

@@ -1,0 +1,487 @@
+//! Shared by the process-level controller tests (`controller_restart`, `controller_scale`): a
+//! small fake Kubernetes API server on loopback (real HTTP) holding any number of BundleCopies in
+//! one namespace, and the real `bundlecopy controller` binary run against it.
+//!
+//! The server lists BundleCopies and Secret metadata, serves Secret GETs, applies status patches
+//! to the objects it holds (so a restarted controller sees what the previous one wrote), records
+//! patches and Events, and keeps watches open: like a real API server it sends a MODIFIED event
+//! for every status patch (same generation, new resourceVersion) and an event for every Secret
+//! a test puts (`put_secret`). Anything else is answered 404 and recorded as unexpected.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use crate::support::bundlecopy_bin;
+use crate::support::process::{kill_and_reap, spawn_tied_to_test_process};
+use crate::support::registry::free_port;
+
+/// What the fake API server holds and saw.
+pub struct ApiState {
+    /// BundleCopies by name, with the status last applied.
+    pub objects: BTreeMap<String, Value>,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, Value>,
+    /// `(name, status)` of every status patch, in order.
+    pub status_patches: Vec<(String, Value)>,
+    pub events: Vec<Value>,
+    /// GETs of single Secrets.
+    pub secret_reads: usize,
+    /// Non-watch lists of BundleCopies (startup probe and watcher relists).
+    pub bundle_copy_lists: usize,
+    pub unexpected: Vec<String>,
+    /// Status-patch echoes sent to at least one open BundleCopy watch.
+    pub echoes_delivered: usize,
+    /// resourceVersion of the last write.
+    resource_version: u64,
+    /// Watch events (`{"type", "object"}`) for open BundleCopy and Secret watches.
+    bundle_copy_watch: tokio::sync::broadcast::Sender<Value>,
+    secret_watch: tokio::sync::broadcast::Sender<Value>,
+}
+
+impl Default for ApiState {
+    fn default() -> Self {
+        ApiState {
+            objects: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            status_patches: Vec::new(),
+            events: Vec::new(),
+            bundle_copy_lists: 0,
+            secret_reads: 0,
+            unexpected: Vec::new(),
+            echoes_delivered: 0,
+            resource_version: 100,
+            bundle_copy_watch: tokio::sync::broadcast::channel(4096).0,
+            secret_watch: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+}
+
+impl ApiState {
+    /// Statuses of the patches to `name`, in order.
+    pub fn patches_of(&self, name: &str) -> Vec<&Value> {
+        self.status_patches
+            .iter()
+            .filter(|(patched, _)| patched == name)
+            .map(|(_, status)| status)
+            .collect()
+    }
+}
+
+/// A running fake API server for one namespace.
+pub struct FakeApiServer {
+    pub state: Arc<Mutex<ApiState>>,
+    pub url: String,
+    namespace: String,
+}
+
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed_unsync())
+        .unwrap()
+}
+
+fn not_found(what: &str) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": format!("{what} not found")}),
+    )
+}
+
+impl FakeApiServer {
+    pub async fn start(namespace: &str, state: ApiState) -> FakeApiServer {
+        let state = Arc::new(Mutex::new(state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shared = state.clone();
+        let served_namespace = namespace.to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                let namespace = served_namespace.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        handle(request, namespace.clone(), state.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeApiServer {
+            state,
+            url: format!("http://{address}"),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Creates or replaces a Secret and tells the Secret watches, as a `kubectl apply` would.
+    pub fn put_secret(&self, mut secret: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        secret["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+        let kind = if state.secrets.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let event = json!({"type": kind, "object": {"apiVersion": "v1", "kind": "PartialObjectMetadata",
+                                                  "metadata": secret["metadata"]}});
+        state.secrets.insert(name, secret);
+        let _ = state.secret_watch.send(event);
+    }
+
+    /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {}\n\
+             current-context: fake\n",
+            self.url, self.namespace
+        );
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    namespace: String,
+    state: Arc<Mutex<ApiState>>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body)
+        .or_else(|_| serde_yaml::from_slice(&body))
+        .unwrap_or(Value::Null);
+    let watching = query.contains("watch=true") || query.contains("watch=1");
+
+    let bundle_copies =
+        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{namespace}/bundlecopies");
+    let secrets = format!("/api/v1/namespaces/{namespace}/secrets");
+    let events = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+
+    if method == Method::GET && (path == bundle_copies || path == secrets) && watching {
+        let receiver = {
+            let state = state.lock().unwrap();
+            if path == bundle_copies {
+                state.bundle_copy_watch.subscribe()
+            } else {
+                state.secret_watch.subscribe()
+            }
+        };
+        // Open until the test ends; one JSON line per event.
+        let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        let mut line = serde_json::to_vec(&event).unwrap();
+                        line.push(b'\n');
+                        return Some((
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                            receiver,
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(events).boxed_unsync())
+            .unwrap());
+    }
+
+    let mut state = state.lock().unwrap();
+    let response = match (method.clone(), path.as_str()) {
+        (Method::GET, p) if p == bundle_copies => {
+            state.bundle_copy_lists += 1;
+            // The startup probe asks for one; the watcher gets everything in one page.
+            let limit_one = query.split('&').any(|pair| pair == "limit=1");
+            let items: Vec<&Value> = state
+                .objects
+                .values()
+                .take(if limit_one { 1 } else { usize::MAX })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
+                        "metadata": {"resourceVersion": "100"}, "items": items}),
+            )
+        }
+        (Method::GET, p) if p == secrets => {
+            let items: Vec<Value> = state
+                .secrets
+                .values()
+                .map(|secret| {
+                    json!({"apiVersion": "v1", "kind": "PartialObjectMetadata",
+                           "metadata": secret["metadata"]})
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                        "metadata": {"resourceVersion": "100"}, "items": items}),
+            )
+        }
+        (Method::GET, p) if p.starts_with(&format!("{secrets}/")) => {
+            let name = &p[secrets.len() + 1..];
+            state.secret_reads += 1;
+            match state.secrets.get(name) {
+                Some(secret) => json_response(StatusCode::OK, secret),
+                None => not_found(&format!("secrets {name:?}")),
+            }
+        }
+        (Method::PATCH, p)
+            if p.starts_with(&format!("{bundle_copies}/")) && p.ends_with("/status") =>
+        {
+            let name = p[bundle_copies.len() + 1..p.len() - "/status".len()].to_string();
+            if state.objects.contains_key(&name) {
+                state
+                    .status_patches
+                    .push((name.clone(), body["status"].clone()));
+                state.resource_version += 1;
+                let version = state.resource_version.to_string();
+                let object = state.objects.get_mut(&name).unwrap();
+                object["status"] = body["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(version);
+                let object = object.clone();
+                if state
+                    .bundle_copy_watch
+                    .send(json!({"type": "MODIFIED", "object": object}))
+                    .is_ok()
+                {
+                    state.echoes_delivered += 1;
+                }
+                json_response(StatusCode::OK, &object)
+            } else {
+                state.unexpected.push(format!("{method} {path}"));
+                not_found(&format!("bundlecopies {name:?}"))
+            }
+        }
+        (Method::POST, p) if p == events => {
+            state.events.push(body.clone());
+            json_response(StatusCode::CREATED, &body)
+        }
+        (Method::PATCH, p) if p.starts_with(&format!("{events}/")) => {
+            state.events.push(body.clone());
+            json_response(StatusCode::OK, &body)
+        }
+        _ => {
+            state.unexpected.push(format!("{method} {path}?{query}"));
+            not_found(&path)
+        }
+    };
+    Ok(response)
+}
+
+/// The real `bundlecopy controller` binary, against a kubeconfig; killed when dropped.
+pub struct ControllerProcess {
+    child: Child,
+    pub metrics_addr: String,
+    log_path: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `bundlecopy controller --namespace NAMESPACE ...` with its log in `dir`
+    /// (`log_name`).
+    pub fn start(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        dir: &std::path::Path,
+        log_name: &str,
+        extra_args: &[&str],
+    ) -> ControllerProcess {
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let log_path = dir.join(log_name);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(bundlecopy_bin());
+        command
+            .args([
+                "controller",
+                "--namespace",
+                namespace,
+                "--metrics-addr",
+                &metrics_addr,
+                "--log-level",
+                "info",
+            ])
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("RUST_LOG")
+            .env_remove("BUNDLECOPY_NAMESPACE")
+            .env_remove("BUNDLECOPY_LEADER_ELECTION")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = spawn_tied_to_test_process(command).unwrap();
+        ControllerProcess {
+            child,
+            metrics_addr,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the controller exited ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Waits for `/readyz`.
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let url = format!("http://{}/readyz", self.metrics_addr);
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of an unlabelled metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in /proc/{}/status", self.pid()))
+    }
+
+    /// User plus system CPU time used so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill_hard(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self, within: Duration) {
+        let pid = i32::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status}:\n{}", self.log());
+                return;
+            }
+            if Instant::now() > deadline {
+                self.kill_hard();
+                panic!("no exit within {within:?} of SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// A BundleCopy object as the API server would return it.
+pub fn bundle_copy_object(
+    namespace: &str,
+    name: &str,
+    uid_suffix: u32,
+    spec: Value,
+    status: Option<Value>,
+) -> Value {
+    let mut object = json!({
+        "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": format!("5ca1e000-0000-4000-8000-{uid_suffix:012}"),
+                     "generation": 1, "resourceVersion": "100"},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    object
+}
+
+/// The Ready condition of a status as `(status, reason)`, if any.
+pub fn ready_of(status: &Value) -> Option<(String, String)> {
+    status["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"] == "Ready").then(|| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}

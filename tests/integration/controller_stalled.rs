@@ -1,0 +1,232 @@
+//! Permanent problems through the whole `bundlecopy controller` process, not one reconcile: a
+//! missing Secret, a garbage CA Secret, a garbage interval and a source that is not a bundle are
+//! each reconciled once, written once (the fake API server echoes every status patch as a
+//! MODIFIED watch event, as a real one does) and then left alone: no hot loop. Creating the
+//! missing Secret triggers exactly one more reconcile, which copies the bundle.
+//! `cargo test --test integration controller_stalled`
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use crate::controller_fake_api::{
+    ApiState, ControllerProcess, FakeApiServer, bundle_copy_object, ready_of,
+};
+use crate::support::{
+    BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle, push_plain_image,
+};
+
+const NAMESPACE: &str = "bc-stalled";
+/// How long the controller is watched for further activity once every object has its status.
+const SETTLE: Duration = Duration::from_secs(6);
+
+fn secret(name: &str, type_: &str, key: &str, value: &[u8]) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": NAMESPACE, "resourceVersion": "1"},
+           "type": type_, "data": {key: STANDARD.encode(value)}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_one() {
+    let (source, destination) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::TlsBasicAuth)
+    );
+    let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
+    let image = push_plain_image(&source, "plain/image", "v1").await;
+    let ca_pem = destination.ca_pem().unwrap().as_bytes();
+    let credentials = destination.docker_config_json();
+
+    let authenticated = |credentials: &str, ca: &str, repository: &str| {
+        json!({"source": {"reference": pushed.reference},
+               "destination": {"reference": format!("{}/{repository}", destination.host()),
+                               "credentials": [{"name": credentials}],
+                               "caSecretRef": {"name": ca}}})
+    };
+    let objects = [
+        (
+            "missing-secret",
+            authenticated("push-creds", "registry-ca", "team"),
+            "SecretNotFound",
+        ),
+        (
+            "garbage-ca",
+            authenticated("other-creds", "garbage-ca", "other"),
+            "InvalidSecret",
+        ),
+        (
+            "banana-interval",
+            json!({"source": {"reference": pushed.reference},
+                   "destination": {"reference": format!("{}/x", destination.host())},
+                   "interval": "banana"}),
+            "InvalidSpec",
+        ),
+        (
+            "not-a-bundle",
+            json!({"source": {"reference": image.reference},
+                   "destination": {"reference": format!("{}/mirror", source.host())}}),
+            "NotABundle",
+        ),
+    ];
+    let mut state = ApiState::default();
+    for (index, (name, spec, _)) in objects.iter().enumerate() {
+        state.objects.insert(
+            name.to_string(),
+            bundle_copy_object(NAMESPACE, name, index as u32 + 1, spec.clone(), None),
+        );
+    }
+    for secret in [
+        secret("registry-ca", "Opaque", "ca.crt", ca_pem),
+        secret(
+            "other-creds",
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+            credentials.as_bytes(),
+        ),
+        secret(
+            "garbage-ca",
+            "Opaque",
+            "ca.crt",
+            b"-----BEGIN CERTIFICATE-----\n%%%\n",
+        ),
+    ] {
+        let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+        state.secrets.insert(name, secret);
+    }
+    let api = FakeApiServer::start(NAMESPACE, state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let mut controller =
+        ControllerProcess::start(&kubeconfig, NAMESPACE, dir.path(), "controller.log", &[]);
+    controller.wait_ready(Duration::from_secs(60)).await;
+
+    // Every object ends in its reason.
+    let reasons = || {
+        let state = api.state.lock().unwrap();
+        objects
+            .iter()
+            .map(|(name, _, _)| {
+                state
+                    .patches_of(name)
+                    .last()
+                    .and_then(|status| ready_of(status))
+                    .map(|(_, reason)| reason)
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<String>>()
+    };
+    let expected: Vec<&str> = objects.iter().map(|(_, _, reason)| *reason).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reasons() != expected {
+        controller.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "reasons {:?}, expected {expected:?}:\n{}",
+            reasons(),
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Then nothing: no further reconcile, patch or Event while the echoes of our own patches
+    // arrive.
+    let counts = |api: &FakeApiServer| {
+        let state = api.state.lock().unwrap();
+        (state.status_patches.len(), state.events.len())
+    };
+    let settled_at = counts(&api);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        counts(&api),
+        settled_at,
+        "the stalled objects kept being written:\n{}",
+        controller.log()
+    );
+    assert_eq!(
+        controller.metric("bundlecopy_reconciles_total").await,
+        Some(objects.len() as f64),
+        "one reconcile per object, no retry loop:\n{}",
+        controller.log()
+    );
+    {
+        let state = api.state.lock().unwrap();
+        assert!(
+            state.echoes_delivered > 0,
+            "the controller's watch saw none of its own patches"
+        );
+        for (name, _, reason) in &objects {
+            let patches = state.patches_of(name);
+            // A copy attempt writes Copying first; the others write the failure only.
+            let most = if *reason == "NotABundle" { 2 } else { 1 };
+            assert!(
+                !patches.is_empty() && patches.len() <= most,
+                "{name}: {} status patches",
+                patches.len()
+            );
+            let stalled = patches.last().unwrap()["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Stalled")
+                .cloned()
+                .unwrap();
+            assert_eq!(stalled["status"], "True", "{name}: {stalled}");
+        }
+    }
+
+    // The missing Secret appears: that object, and only it, is reconciled again and copied.
+    api.put_secret(secret(
+        "push-creds",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        credentials.as_bytes(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        controller.assert_running();
+        let copied = {
+            let state = api.state.lock().unwrap();
+            state
+                .patches_of("missing-secret")
+                .last()
+                .and_then(|status| ready_of(status))
+                == Some(("True".to_string(), "Copied".to_string()))
+        };
+        if copied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not copied within 60 s of the Secret's creation:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_bundle_copied(
+        &source,
+        "hello",
+        &destination,
+        "team/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let before_settle = counts(&api);
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(counts(&api), before_settle, "writes after the copy settled");
+    assert_eq!(
+        controller.metric("bundlecopy_reconciles_total").await,
+        Some(objects.len() as f64 + 1.0),
+        "the new Secret triggers one reconcile of the object naming it:\n{}",
+        controller.log()
+    );
+    controller.stop(Duration::from_secs(20)).await;
+    let state = api.state.lock().unwrap();
+    assert!(
+        state.unexpected.is_empty(),
+        "unexpected requests: {:?}",
+        state.unexpected
+    );
+}
