@@ -294,6 +294,9 @@ impl Registry {
         body: Option<Bytes>,
         scope: &str,
     ) -> Result<Response, CopyError> {
+        if self.same_origin(url) {
+            self.ensure_token(scope).await?;
+        }
         let mut refreshed = false;
         loop {
             let mut request_headers = headers.clone();
@@ -342,6 +345,25 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// With a Bearer challenge known from the ping, get the scope's token before the first
+    /// request instead of after its 401: one request per operation, not two.
+    async fn ensure_token(&self, scope: &str) -> Result<(), CopyError> {
+        let (realm, service) = {
+            let state = self.lock();
+            match &state.challenge {
+                Some(Challenge::Bearer { realm, service, .. })
+                    if !state.tokens.contains_key(scope) =>
+                {
+                    (realm.clone(), service.clone())
+                }
+                _ => return Ok(()),
+            }
+        };
+        let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+        self.lock().tokens.insert(scope.to_string(), token);
+        Ok(())
     }
 
     fn auth_header(&self, scope: &str) -> Option<HeaderValue> {

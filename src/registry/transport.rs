@@ -8,7 +8,7 @@ use crate::error::{CopyError, Side};
 use crate::reference::is_loopback_host;
 
 /// How requests reach a registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     PlainHttp,
     Https { verify: bool },
@@ -65,7 +65,27 @@ pub fn parse_ca(side: Side, pem: &[u8]) -> Result<Vec<reqwest::Certificate>, Cop
         .map_err(|e| invalid(format!("not a PEM certificate bundle: {}", e.without_url())))
 }
 
-/// Build the HTTP client for one transport. Redirects are never followed automatically, so
+/// What makes two HTTP clients interchangeable. Credentials are not part of a client (they are
+/// attached per request), so endpoints with the same transport and roots share one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    transport: Transport,
+    ca_pem: Option<Vec<u8>>,
+    extra_roots_pem: Option<Vec<u8>>,
+    connect_timeout: std::time::Duration,
+    io_timeout: std::time::Duration,
+}
+
+/// Built clients, shared by every copy in the process: building one loads and parses the system
+/// roots (most of the CPU of a cheap reconcile), and sharing keeps connections pooled.
+static CLIENTS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<ClientKey, reqwest::Client>>,
+> = std::sync::OnceLock::new();
+
+/// Distinct client configurations kept; more (many resources with their own CA) start over.
+const MAX_CACHED_CLIENTS: usize = 64;
+
+/// The HTTP client for one transport. Redirects are never followed automatically, so
 /// credentials cannot leak to another host.
 pub fn build_client(
     side: Side,
@@ -73,6 +93,18 @@ pub fn build_client(
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
 ) -> Result<reqwest::Client, CopyError> {
+    let verify = transport == Transport::Https { verify: true };
+    let key = ClientKey {
+        transport,
+        ca_pem: endpoint.ca_pem.clone().filter(|_| verify),
+        extra_roots_pem: settings.extra_roots_pem.clone().filter(|_| verify),
+        connect_timeout: settings.connect_timeout,
+        io_timeout: settings.io_timeout,
+    };
+    let cache = CLIENTS.get_or_init(Default::default);
+    if let Some(client) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(client.clone());
+    }
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
@@ -84,10 +116,10 @@ pub fn build_client(
     if let Transport::Https { verify } = transport {
         if verify {
             let mut roots = Vec::new();
-            if let Some(pem) = &endpoint.ca_pem {
+            if let Some(pem) = &key.ca_pem {
                 roots.extend(parse_ca(side, pem)?);
             }
-            if let Some(pem) = &settings.extra_roots_pem {
+            if let Some(pem) = &key.extra_roots_pem {
                 roots.extend(parse_ca(side, pem)?);
             }
             builder = builder.tls_certs_merge(roots);
@@ -95,12 +127,18 @@ pub fn build_client(
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
     }
-    builder.build().map_err(|e| CopyError::Registry {
+    let client = builder.build().map_err(|e| CopyError::Registry {
         side,
         registry: String::new(),
         status: None,
         detail: format!("cannot build an HTTP client: {}", error_chain(&e)),
-    })
+    })?;
+    let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cached.len() >= MAX_CACHED_CLIENTS {
+        cached.clear();
+    }
+    cached.insert(key, client.clone());
+    Ok(client)
 }
 
 /// Pick the transport for an endpoint (DESIGN.md section 2, step 2). `insecure` probes

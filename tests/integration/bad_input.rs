@@ -324,7 +324,11 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
     let not_pem = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(not_pem.path(), [0u8, 159, 146, 150, 1, 2, 3]).unwrap();
     for (what, path, fact) in [
-        ("garbage PEM CA", garbage.path(), "certificate 1 is not valid PEM"),
+        (
+            "garbage PEM CA",
+            garbage.path(),
+            "certificate 1 is not valid PEM",
+        ),
         ("binary CA file", not_pem.path(), "PEM"),
     ] {
         let mut endpoint = direct(&auth);

@@ -47,13 +47,11 @@ async fn controller_scale_one_resync_of_up_to_date_resources_patches_nothing() {
 }
 
 /// The same against a destination that wants bearer tokens, each resource naming a credentials
-/// Secret: one Secret read and one token per reconcile come on top. On the wire each check is
-/// two HEADs today: the engine learns the token scope from a 401 to the first, anonymous HEAD
-/// (it does not fetch a token from the ping's Bearer challenge up front), then repeats it with
-/// the token. Still one check per resource; if the engine starts pre-fetching tokens, make it 1.
+/// Secret: one Secret read and one token per reconcile come on top, and still one HEAD per
+/// check (the engine fetches the token from the ping's Bearer challenge before the HEAD).
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_scale_one_resync_with_credentials_and_tokens() {
-    resync_pass(RegistryKind::Token, 2).await;
+    resync_pass(RegistryKind::Token, 1).await;
 }
 
 /// Builds `resources()` up-to-date BundleCopies whose destination is a `destination_kind`
