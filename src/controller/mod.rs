@@ -350,7 +350,7 @@ async fn connect(args: &ControllerArgs) -> anyhow::Result<Client> {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    probe.list(&ListParams::default().limit(1)).await.context(
+    probe.list_metadata(&ListParams::default().limit(1)).await.context(
         "listing BundleCopies failed; is the CRD installed? \
          (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
     )?;
