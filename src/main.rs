@@ -56,10 +56,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     bundlecopy::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A copy is I/O and hashing on a handful of streams: one thread does it with less CPU than a
+    // pool whose threads compete with the registries; the controller serves many objects at once.
+    let mut builder = match args.command {
+        Command::Controller(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
