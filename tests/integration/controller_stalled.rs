@@ -137,6 +137,7 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
         (state.status_patches.len(), state.events.len())
     };
     let settled_at = counts(&api);
+    let reconciles_at = controller.metric("bundlecopy_reconciles_total").await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(
         counts(&api),
@@ -144,10 +145,20 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
         "the stalled objects kept being written:\n{}",
         controller.log()
     );
+    let reconciles = controller.metric("bundlecopy_reconciles_total").await;
     assert_eq!(
-        controller.metric("bundlecopy_reconciles_total").await,
-        Some(objects.len() as f64),
-        "one reconcile per object, no retry loop:\n{}",
+        reconciles,
+        reconciles_at,
+        "no retry loop: no reconcile while the stalled objects wait:\n{}",
+        controller.log()
+    );
+    // One reconcile per object; on a loaded machine kube-runtime may run one object a second
+    // time when a watch event lands while its first reconcile is still running.
+    let reconciles = reconciles.unwrap_or_default();
+    assert!(
+        reconciles >= objects.len() as f64 && reconciles <= 2.0 * objects.len() as f64,
+        "{reconciles} reconciles for {} objects:\n{}",
+        objects.len(),
         controller.log()
     );
     {
