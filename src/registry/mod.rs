@@ -540,6 +540,30 @@ impl Registry {
         self.url(&format!("v2/{repository}/blobs/{digest}"))
     }
 
+    /// GET or HEAD a manifest: the successful response, `None` when the registry does not have
+    /// it, an error (with the registry's own message) otherwise.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repository: &str,
+        reference: &str,
+        scope: &str,
+    ) -> Result<Option<Response>, CopyError> {
+        let url = self.manifest_url(repository, reference)?;
+        let response = self
+            .send(method.clone(), &url, accept_manifests(), None, scope)
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let what = format!("{method} manifest {repository}:{reference}");
+            return Err(self.status_error(response, status, &what).await);
+        }
+        Ok(Some(response))
+    }
+
     /// GET a manifest by tag or digest. `None` when the registry does not have it.
     pub async fn get_manifest(
         &self,
@@ -547,23 +571,12 @@ impl Registry {
         reference: &str,
         scope: &str,
     ) -> Result<Option<Manifest>, CopyError> {
-        let url = self.manifest_url(repository, reference)?;
-        let response = self
-            .send(Method::GET, &url, accept_manifests(), None, scope)
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        let Some(response) = self
+            .manifest_request(Method::GET, repository, reference, scope)
+            .await?
+        else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(self
-                .status_error(
-                    response,
-                    status,
-                    &format!("GET manifest {repository}:{reference}"),
-                )
-                .await);
-        }
+        };
         let media_type = content_type(response.headers());
         let announced = docker_digest(response.headers());
         let bytes = read_limited(response, MAX_MANIFEST_BYTES)
@@ -602,23 +615,12 @@ impl Registry {
         reference: &str,
         scope: &str,
     ) -> Result<Option<String>, CopyError> {
-        let url = self.manifest_url(repository, reference)?;
-        let response = self
-            .send(Method::HEAD, &url, accept_manifests(), None, scope)
-            .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
+        let Some(response) = self
+            .manifest_request(Method::HEAD, repository, reference, scope)
+            .await?
+        else {
             return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(self
-                .status_error(
-                    response,
-                    status,
-                    &format!("HEAD manifest {repository}:{reference}"),
-                )
-                .await);
-        }
+        };
         match docker_digest(response.headers()) {
             Some(digest) => Ok(Some(digest)),
             // Registries without Docker-Content-Digest: hash the manifest itself.
