@@ -188,6 +188,9 @@ pub enum Role {
 /// A bundle index checked against cnab-to-oci's reader rules.
 #[derive(Debug, Clone)]
 pub struct BundleIndex {
+    /// OCI index or Docker manifest list: the registry's Content-Type, or the document's own
+    /// `mediaType` when the registry answered a generic type.
+    pub media_type: String,
     pub manifests: Vec<Descriptor>,
     pub roles: Vec<Role>,
     /// Position of the first config entry in `manifests`.
@@ -273,6 +276,7 @@ impl BundleIndex {
                 ))
             })?;
         Ok(BundleIndex {
+            media_type: declared_type,
             manifests,
             roles,
             config,

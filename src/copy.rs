@@ -171,7 +171,10 @@ pub struct CopyOutcome {
 /// Where the bundle came from and what it holds.
 struct SourceBundle {
     index: Manifest,
-    index_media_type: String,
+    /// The parsed index; its media type is what the copy pushes the index with.
+    bundle_index: BundleIndex,
+    /// The config manifest, already read (the closure walk does not fetch it again).
+    config_manifest: Manifest,
     bundle: BundleJson,
     images: Vec<BundleImage>,
 }
@@ -353,7 +356,7 @@ pub async fn copy_bundle(
             destination.repository(),
             &dst_reference,
             bundle.index.bytes.clone(),
-            &bundle.index_media_type,
+            &bundle.bundle_index.media_type,
             &dst_scope,
         )
         .await?;
@@ -405,19 +408,6 @@ async fn read_bundle(
         })?;
     let bundle_index =
         BundleIndex::parse(&index.bytes, &index.media_type).map_err(|e| not_a_bundle(e.0))?;
-    let index_media_type = if bundle::is_index_type(&index.media_type) {
-        index.media_type.clone()
-    } else {
-        serde_json::from_slice::<serde_json::Value>(&index.bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .filter(|m| bundle::is_index_type(m))
-            .unwrap_or_else(|| bundle::OCI_INDEX.to_string())
-    };
     let config = bundle_index.config_descriptor();
     let config_manifest = src
         .get_manifest(source.repository(), &config.digest, scope)
@@ -443,7 +433,8 @@ async fn read_bundle(
     let images = bundle::bundle_images(&bundle_index, &bundle).map_err(|e| not_a_bundle(e.0))?;
     Ok(SourceBundle {
         index,
-        index_media_type,
+        bundle_index,
+        config_manifest,
         bundle,
         images,
     })
@@ -458,25 +449,24 @@ async fn walk_closure(
     scope: &str,
     settings: &EngineSettings,
 ) -> Result<Closure, CopyError> {
-    let index = BundleIndex::parse(&bundle.index.bytes, &bundle.index_media_type).map_err(|e| {
-        CopyError::NotABundle {
-            reference: repository.to_string(),
-            detail: e.0,
-        }
-    })?;
     let mut seen_manifests = HashSet::new();
     let mut seen_blobs = HashSet::new();
     let mut manifests = Vec::new();
     let mut blobs = Vec::new();
-    let mut level: Vec<Descriptor> = index
+    let mut level: Vec<Descriptor> = bundle
+        .bundle_index
         .manifests
-        .into_iter()
+        .iter()
         .filter(|d| seen_manifests.insert(d.digest.clone()))
+        .cloned()
         .collect();
     let mut depth = 1;
     while !level.is_empty() {
         let fetched: Vec<(Descriptor, Manifest)> =
             futures_util::stream::iter(level.into_iter().map(|d| async move {
+                if d.digest == bundle.config_manifest.digest {
+                    return Ok((d, bundle.config_manifest.clone()));
+                }
                 let manifest = src
                     .get_manifest(repository, &d.digest, scope)
                     .await?
@@ -665,6 +655,7 @@ impl BlobCopy<'_> {
             ));
         }
         let verdict = Arc::new(Mutex::new(None));
+        let counted = Arc::new(AtomicU64::new(0));
         let stream = VerifyingStream {
             inner: Box::pin(response.bytes_stream()),
             hasher: BlobHasher::for_digest(&blob.digest),
@@ -673,6 +664,7 @@ impl BlobCopy<'_> {
             seen: 0,
             held: None,
             progress: self.progress.clone(),
+            counted: counted.clone(),
             verdict: verdict.clone(),
             done: false,
         };
@@ -687,14 +679,15 @@ impl BlobCopy<'_> {
             )
             .await;
         let problem = verdict.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if result.is_err() || problem.is_some() {
+            // The blob will be sent again (or not at all): take back what this attempt counted.
+            self.progress
+                .0
+                .bytes
+                .fetch_sub(counted.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         match (result, problem) {
-            (_, Some(StreamProblem::Mismatch(detail))) => {
-                self.progress.0.bytes.fetch_sub(
-                    blob.size.min(self.progress.0.bytes.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-                Err(self.mismatch(blob, detail))
-            }
+            (_, Some(StreamProblem::Mismatch(detail))) => Err(self.mismatch(blob, detail)),
             (_, Some(StreamProblem::Source(detail))) => Err(CopyError::Unreachable {
                 side: Side::Source,
                 registry: self.src.name().to_string(),
@@ -760,6 +753,8 @@ struct VerifyingStream {
     seen: u64,
     held: Option<Bytes>,
     progress: Progress,
+    /// Bytes this stream added to `progress`, to take back if the attempt fails.
+    counted: Arc<AtomicU64>,
     verdict: Arc<Mutex<Option<StreamProblem>>>,
     done: bool,
 }
@@ -811,6 +806,8 @@ impl futures_util::Stream for VerifyingStream {
                     }
                     self.hasher.update(&chunk);
                     Progress::add(&self.progress.0.bytes, chunk.len() as u64);
+                    self.counted
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     if let Some(previous) = self.held.replace(chunk) {
                         return Poll::Ready(Some(Ok(previous)));
                     }
@@ -891,7 +888,7 @@ pub async fn inspect_bundle(
     Ok(InspectReport {
         reference: reference.to_string(),
         digest: bundle.index.digest.clone(),
-        media_type: bundle.index_media_type.clone(),
+        media_type: bundle.bundle_index.media_type.clone(),
         bundle: BundleInfo {
             name: bundle.bundle.name.clone(),
             version: bundle.bundle.version.clone(),
