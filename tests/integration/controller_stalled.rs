@@ -117,14 +117,28 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
             })
             .collect::<Vec<String>>()
     };
+    // The CopyFailed Event follows the status patch, so an object is done when it has both.
+    let failure_events = || {
+        let state = api.state.lock().unwrap();
+        objects
+            .iter()
+            .filter(|(name, _, _)| {
+                state.events.iter().any(|event| {
+                    event["regarding"]["name"] == *name && event["reason"] == "CopyFailed"
+                })
+            })
+            .count()
+    };
     let expected: Vec<&str> = objects.iter().map(|(_, _, reason)| *reason).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while reasons() != expected {
+    while reasons() != expected || failure_events() != objects.len() {
         controller.assert_running();
         assert!(
             Instant::now() < deadline,
-            "reasons {:?}, expected {expected:?}:\n{}",
+            "reasons {:?}, expected {expected:?}; {} of {} CopyFailed Events:\n{}",
             reasons(),
+            failure_events(),
+            objects.len(),
             controller.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -155,6 +169,7 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
     // One reconcile per object; on a loaded machine kube-runtime may run one object a second
     // time when a watch event lands while its first reconcile is still running.
     let reconciles = reconciles.unwrap_or_default();
+    let stalled_reconciles = reconciles;
     assert!(
         reconciles >= objects.len() as f64 && reconciles <= 2.0 * objects.len() as f64,
         "{reconciles} reconciles for {} objects:\n{}",
@@ -197,6 +212,7 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         controller.assert_running();
+        // Done when both the Ready patch and the Copied Event that follows it have arrived.
         let copied = {
             let state = api.state.lock().unwrap();
             state
@@ -204,6 +220,9 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
                 .last()
                 .and_then(|status| ready_of(status))
                 == Some(("True".to_string(), "Copied".to_string()))
+                && state.events.iter().any(|event| {
+                    event["regarding"]["name"] == "missing-secret" && event["reason"] == "Copied"
+                })
         };
         if copied {
             break;
@@ -227,10 +246,16 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
     let before_settle = counts(&api);
     tokio::time::sleep(SETTLE).await;
     assert_eq!(counts(&api), before_settle, "writes after the copy settled");
-    assert_eq!(
-        controller.metric("bundlecopy_reconciles_total").await,
-        Some(objects.len() as f64 + 1.0),
-        "the new Secret triggers one reconcile of the object naming it:\n{}",
+    // One more reconcile, or two when the echo of its Copying patch lands mid-copy (the rerun
+    // finds the copy done and writes nothing, as the settled counts above show).
+    let more = controller
+        .metric("bundlecopy_reconciles_total")
+        .await
+        .unwrap_or_default()
+        - stalled_reconciles;
+    assert!(
+        (1.0..=2.0).contains(&more),
+        "the new Secret triggers the object naming it only: {more} more reconciles:\n{}",
         controller.log()
     );
     controller.stop(Duration::from_secs(20)).await;
