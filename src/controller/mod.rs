@@ -18,12 +18,12 @@ use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::{BundleCopy, FIELD_MANAGER};
@@ -115,6 +115,8 @@ pub enum Error {
     NoNamespace(String),
     #[error("writing the status failed: {0}")]
     PatchStatus(#[source] kube::Error),
+    #[error("reading the BundleCopy failed: {0}")]
+    ReadObject(#[source] kube::Error),
     #[error(transparent)]
     ReadSecret(Box<secrets::ReadError>),
     #[error("the controller is shutting down")]
@@ -204,7 +206,7 @@ impl Context {
 }
 
 /// Identifies an object across reconciles (a re-created object starts afresh).
-fn memory_key(object: &BundleCopy) -> String {
+fn memory_key(object: &impl Resource) -> String {
     match object.uid() {
         Some(uid) => uid,
         None => format!(
@@ -216,8 +218,12 @@ fn memory_key(object: &BundleCopy) -> String {
 }
 
 /// After a failure to talk to the API server: back off like a transient registry error.
-pub fn error_policy(object: Arc<BundleCopy>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.count_failure(&memory_key(&object));
+pub fn error_policy(
+    object: Arc<DeserializeGuard<BundleCopy>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let failures = ctx.count_failure(&memory_key(object.as_ref()));
     let wait = decide::transient_backoff(failures, None);
     tracing::warn!(bundlecopy = %object.name_any(), %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
@@ -225,16 +231,22 @@ pub fn error_policy(object: Arc<BundleCopy>, error: &Error, ctx: Arc<Context>) -
 
 /// The BundleCopies in the Secret's namespace that name it (credentials or caSecretRef).
 pub fn bundle_copies_using(
-    store: &Store<BundleCopy>,
+    store: &Store<DeserializeGuard<BundleCopy>>,
     secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<BundleCopy>> {
+) -> Vec<ObjectRef<DeserializeGuard<BundleCopy>>> {
     let name = secret.name_any();
     let namespace = secret.namespace();
     store
         .state()
         .iter()
-        .filter(|bundle| bundle.namespace() == namespace && refers_to_secret(bundle, &name))
-        .map(|bundle| ObjectRef::from_obj(bundle.as_ref()))
+        .filter(|stored| {
+            stored.namespace() == namespace
+                && stored
+                    .0
+                    .as_ref()
+                    .is_ok_and(|bundle| refers_to_secret(bundle, &name))
+        })
+        .map(|stored| ObjectRef::from_obj(stored.as_ref()))
         .collect()
 }
 
@@ -261,14 +273,18 @@ pub fn controller_stream(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl futures_util::Stream<Item = ()> + Send {
     // Secrets are watched by metadata only: their data is never needed to map them.
-    let (bundles, secrets): (Api<BundleCopy>, Api<PartialObjectMeta<Secret>>) =
-        match namespace.as_deref() {
-            Some(namespace) => (
-                Api::namespaced(client.clone(), namespace),
-                Api::namespaced(client.clone(), namespace),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    // Each BundleCopy is deserialized on its own: one that does not match the types (stored
+    // under an older CRD) is reconciled as InvalidSpec instead of failing every list of the watch.
+    let (bundles, secrets): (
+        Api<DeserializeGuard<BundleCopy>>,
+        Api<PartialObjectMeta<Secret>>,
+    ) = match namespace.as_deref() {
+        Some(namespace) => (
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     let (reader, writer) = reflector::store();
     let bundle_stream = watcher(bundles, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -593,14 +609,23 @@ mod tests {
 
     #[test]
     fn secrets_map_to_the_bundle_copies_that_name_them() {
-        let (reader, mut writer) = reflector::store::<BundleCopy>();
+        let (reader, mut writer) = reflector::store::<DeserializeGuard<BundleCopy>>();
         for object in [
             bundle("team-a", "pull", None),
             bundle("team-a", "other", Some("corp-ca")),
             bundle("team-b", "pull", None),
         ] {
-            writer.apply_watcher_event(&watcher::Event::Apply(object));
+            writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(object))));
         }
+        // An object that does not deserialize names no Secret we can know of.
+        let malformed: DeserializeGuard<BundleCopy> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+            "metadata": {"name": "broken", "namespace": "team-a"},
+            "spec": {"source": {"reference": 5, "credentials": [{"name": "pull"}]}}
+        }))
+        .unwrap();
+        assert!(malformed.0.is_err());
+        writer.apply_watcher_event(&watcher::Event::Apply(malformed));
         let secret = |namespace: &str, name: &str| PartialObjectMeta::<Secret> {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
@@ -609,7 +634,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let names = |refs: Vec<ObjectRef<BundleCopy>>| {
+        let names = |refs: Vec<ObjectRef<DeserializeGuard<BundleCopy>>>| {
             let mut names: Vec<String> = refs
                 .iter()
                 .map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name))

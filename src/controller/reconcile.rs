@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject};
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
+use serde::Deserialize as _;
 
 use super::decide::{self, CopyCause, Plan, Verdict};
 use super::secrets::{self, ReadError};
@@ -155,26 +158,47 @@ impl Failure {
 /// The per-reconcile state: the object, its API and the status as last written.
 struct Run {
     ctx: Arc<Context>,
-    object: Arc<BundleCopy>,
-    api: Api<BundleCopy>,
+    object: Arc<DeserializeGuard<BundleCopy>>,
+    /// The spec, or what makes it unreadable (a message for InvalidSpec).
+    spec: Result<BundleCopySpec, String>,
+    /// Typed through the guard: the API server answers a status patch with the whole object,
+    /// which may be one that does not deserialize.
+    api: Api<DeserializeGuard<BundleCopy>>,
     key: String,
     generation: i64,
     current: BundleCopyStatus,
 }
 
-/// Reconcile one BundleCopy. Registry and Secret problems end in the status and an `Ok`
-/// requeue; only failures to talk to the API server are errors (handled by `error_policy`).
-pub async fn reconcile(object: Arc<BundleCopy>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconcile one BundleCopy as the watch delivered it. Registry and Secret problems end in the
+/// status and an `Ok` requeue; only failures to talk to the API server are errors (handled by
+/// `error_policy`). An object that does not deserialize (stored while an older CRD, or none,
+/// let anything through) is reported as InvalidSpec on its own instead of stopping the watch.
+pub async fn reconcile(
+    object: Arc<DeserializeGuard<BundleCopy>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let name = object.name_any();
     let namespace = object
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let (spec, current) = match &object.0 {
+        Ok(bundle) => (
+            Ok(bundle.spec.clone()),
+            bundle.status.clone().unwrap_or_default(),
+        ),
+        Err(_) => match read_untyped(&ctx.client, &namespace, &name).await? {
+            Some(stored) => stored,
+            // Deleted since the watch saw it.
+            None => return Ok(Action::await_change()),
+        },
+    };
     let run = Run {
         api: Api::namespaced(ctx.client.clone(), &namespace),
-        key: super::memory_key(&object),
-        generation: object.metadata.generation.unwrap_or_default(),
-        current: object.status.clone().unwrap_or_default(),
+        key: super::memory_key(object.as_ref()),
+        generation: object.meta().generation.unwrap_or_default(),
+        spec,
+        current,
         ctx,
         object,
     };
@@ -182,9 +206,56 @@ pub async fn reconcile(object: Arc<BundleCopy>, ctx: Arc<Context>) -> Result<Act
     tracing::Instrument::instrument(run.reconcile(namespace), span).await
 }
 
+/// Reads an object that did not deserialize again, untyped: its spec, or the path and problem
+/// that make it unreadable, and its status (none when that does not parse), so that an
+/// unchanged failure is not written again. `None` when the object is gone.
+async fn read_untyped(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(Result<BundleCopySpec, String>, BundleCopyStatus)>, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::erase::<BundleCopy>(&()),
+    );
+    let Some(stored) = api.get_opt(name).await.map_err(Error::ReadObject)? else {
+        return Ok(None);
+    };
+    let spec = match stored.data.get("spec") {
+        Some(spec) => serde_path_to_error::deserialize(spec).map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            format!(
+                "{field}: {}; see kubectl explain bundlecopy.spec, and update the CRD \
+                 (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) so that \
+                 the API server checks BundleCopies",
+                error.inner()
+            )
+        }),
+        None => Err("spec is missing; see kubectl explain bundlecopy.spec".to_string()),
+    };
+    let status = stored
+        .data
+        .get("status")
+        .and_then(|status| BundleCopyStatus::deserialize(status).ok())
+        .unwrap_or_default();
+    Ok(Some((spec, status)))
+}
+
 impl Run {
     async fn reconcile(self, namespace: String) -> Result<Action, Error> {
-        let spec = self.object.spec.clone();
+        let spec = match &self.spec {
+            Ok(spec) => spec.clone(),
+            Err(problem) => {
+                let failure = Failure::permanent(Reason::InvalidSpec, problem.clone());
+                return self.fail(None, failure, false).await;
+            }
+        };
         let valid = match validate(&spec) {
             Ok(valid) => valid,
             Err(message) => {

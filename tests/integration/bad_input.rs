@@ -23,6 +23,7 @@ use bundlecopy::credentials::DockerConfig as EngineDockerConfig;
 use bundlecopy::metrics::Metrics;
 use bundlecopy::{CopyError, Reason};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
 
 use crate::faults::{bounded, copy_request, direct, fast_settings};
 use crate::support::check::run_cli_with;
@@ -585,7 +586,10 @@ async fn reconcile_row(
         secrets.to_vec(),
         seen.clone(),
     ));
-    let reconciling = tokio::spawn(reconcile(Arc::new(object.clone()), context));
+    let reconciling = tokio::spawn(reconcile(
+        Arc::new(DeserializeGuard(Ok(object.clone()))),
+        context,
+    ));
     let action = tokio::time::timeout(RECONCILE_BOUND, reconciling)
         .await
         .unwrap_or_else(|_| panic!("{what}: the reconcile did not end within {RECONCILE_BOUND:?}"))

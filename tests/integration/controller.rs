@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::client::Body;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
@@ -257,7 +258,7 @@ async fn run_reconcile(
 ) -> tokio::task::JoinHandle<Action> {
     let context = context.clone();
     tokio::spawn(async move {
-        reconcile(Arc::new(object), context)
+        reconcile(Arc::new(DeserializeGuard(Ok(object))), context)
             .await
             .expect("reconcile reports registry and Secret problems in the status, not as errors")
     })

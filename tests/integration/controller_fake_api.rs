@@ -37,6 +37,8 @@ pub struct ApiState {
     pub events: Vec<Value>,
     /// GETs of single Secrets.
     pub secret_reads: usize,
+    /// GETs of single BundleCopies.
+    pub bundle_copy_reads: usize,
     /// Non-watch lists of BundleCopies (startup probe and watcher relists).
     pub bundle_copy_lists: usize,
     pub unexpected: Vec<String>,
@@ -58,6 +60,7 @@ impl Default for ApiState {
             events: Vec::new(),
             bundle_copy_lists: 0,
             secret_reads: 0,
+            bundle_copy_reads: 0,
             unexpected: Vec::new(),
             echoes_delivered: 0,
             resource_version: 100,
@@ -149,6 +152,21 @@ impl FakeApiServer {
                                                   "metadata": secret["metadata"]}});
         state.secrets.insert(name, secret);
         let _ = state.secret_watch.send(event);
+    }
+
+    /// Replaces a BundleCopy's spec, bumps its generation and tells the watches, as a
+    /// `kubectl apply` of a changed spec would.
+    pub fn put_spec(&self, name: &str, spec: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let version = state.resource_version.to_string();
+        let object = state.objects.get_mut(name).unwrap();
+        object["spec"] = spec;
+        let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        object["metadata"]["generation"] = json!(generation);
+        object["metadata"]["resourceVersion"] = json!(version);
+        let event = json!({"type": "MODIFIED", "object": object.clone()});
+        let _ = state.bundle_copy_watch.send(event);
     }
 
     /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
@@ -253,6 +271,16 @@ async fn handle(
                 &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
                         "metadata": {"resourceVersion": "100"}, "items": items}),
             )
+        }
+        (Method::GET, p)
+            if p.starts_with(&format!("{bundle_copies}/")) && !p.ends_with("/status") =>
+        {
+            let name = &p[bundle_copies.len() + 1..];
+            state.bundle_copy_reads += 1;
+            match state.objects.get(name) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => not_found(&format!("bundlecopies {name:?}")),
+            }
         }
         (Method::GET, p) if p.starts_with(&format!("{secrets}/")) => {
             let name = &p[secrets.len() + 1..];
@@ -368,6 +396,27 @@ impl ControllerProcess {
     }
 
     /// Waits for `/readyz`.
+    /// Polls `condition` until it holds; panics with `what` (called for the message) and the
+    /// log when `within` passes or the process exits first.
+    pub async fn wait_until(
+        &mut self,
+        within: Duration,
+        mut condition: impl FnMut() -> bool,
+        what: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + within;
+        while !condition() {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{} within {within:?}:\n{}",
+                what(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_ready(&mut self, within: Duration) {
         let url = format!("http://{}/readyz", self.metrics_addr);
         let deadline = Instant::now() + within;

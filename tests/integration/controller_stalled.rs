@@ -5,7 +5,7 @@
 //! missing Secret triggers exactly one more reconcile, which copies the bundle.
 //! `cargo test --test integration controller_stalled`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -130,19 +130,20 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
             .count()
     };
     let expected: Vec<&str> = objects.iter().map(|(_, _, reason)| *reason).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reasons() != expected || failure_events() != objects.len() {
-        controller.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "reasons {:?}, expected {expected:?}; {} of {} CopyFailed Events:\n{}",
-            reasons(),
-            failure_events(),
-            objects.len(),
-            controller.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    controller
+        .wait_until(
+            Duration::from_secs(60),
+            || reasons() == expected && failure_events() == objects.len(),
+            || {
+                format!(
+                    "reasons {:?}, expected {expected:?}; {} of {} CopyFailed Events",
+                    reasons(),
+                    failure_events(),
+                    objects.len()
+                )
+            },
+        )
+        .await;
 
     // Then nothing: no further reconcile, patch or Event while the echoes of our own patches
     // arrive.
@@ -209,31 +210,23 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
         ".dockerconfigjson",
         credentials.as_bytes(),
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        controller.assert_running();
-        // Done when both the Ready patch and the Copied Event that follows it have arrived.
-        let copied = {
-            let state = api.state.lock().unwrap();
-            state
-                .patches_of("missing-secret")
-                .last()
-                .and_then(|status| ready_of(status))
-                == Some(("True".to_string(), "Copied".to_string()))
-                && state.events.iter().any(|event| {
-                    event["regarding"]["name"] == "missing-secret" && event["reason"] == "Copied"
-                })
-        };
-        if copied {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not copied within 60 s of the Secret's creation:\n{}",
-            controller.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Done when both the Ready patch and the Copied Event that follows it have arrived.
+    let copied = || {
+        let state = api.state.lock().unwrap();
+        state
+            .patches_of("missing-secret")
+            .last()
+            .and_then(|status| ready_of(status))
+            == Some(("True".to_string(), "Copied".to_string()))
+            && state.events.iter().any(|event| {
+                event["regarding"]["name"] == "missing-secret" && event["reason"] == "Copied"
+            })
+    };
+    controller
+        .wait_until(Duration::from_secs(60), copied, || {
+            "not copied after the Secret's creation".into()
+        })
+        .await;
     assert_bundle_copied(
         &source,
         "hello",
