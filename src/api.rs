@@ -288,6 +288,123 @@ mod tests {
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
     }
 
+    /// The CEL rules of the schema, evaluated with a CEL interpreter (no API server runs here):
+    /// `(rule, message)` at `spec` and at `spec.interval`.
+    fn cel_rules(at: &Value) -> Vec<(String, String)> {
+        at["x-kubernetes-validations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no CEL rules in {at:#}"))
+            .iter()
+            .map(|rule| {
+                (
+                    rule["rule"].as_str().unwrap().to_string(),
+                    rule["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the API server would admit `value` under `rules`: every rule true; a rule that
+    /// fails to evaluate (e.g. `duration("banana")`) rejects, as it does in Kubernetes.
+    fn cel_admits(rules: &[(String, String)], value: &Value) -> bool {
+        rules.iter().all(|(rule, _)| {
+            let program = cel::Program::compile(rule)
+                .unwrap_or_else(|error| panic!("CEL rule {rule:?} does not compile: {error}"));
+            let mut context = cel::Context::default();
+            context.add_variable("self", value.clone()).unwrap();
+            matches!(program.execute(&context), Ok(cel::Value::Bool(true)))
+        })
+    }
+
+    fn spec_of(source: &str, destination: &str, interval: Option<&str>) -> Value {
+        let mut spec = serde_json::json!({
+            "source": {"reference": source},
+            "destination": {"reference": destination},
+        });
+        if let Some(interval) = interval {
+            spec["interval"] = Value::from(interval);
+        }
+        spec
+    }
+
+    #[test]
+    fn cel_rules_admit_what_the_controller_accepts() {
+        let schema = schema();
+        let spec_rules = cel_rules(&schema["properties"]["spec"]);
+        let interval_rules = cel_rules(&schema["properties"]["spec"]["properties"]["interval"]);
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let by_digest = format!("registry.example.com/team/hello@{digest}");
+        // (source, destination, admitted by the rule on spec)
+        let references = [
+            ("localhost:5000/hello:v1", "localhost:5001/team", true),
+            (
+                "localhost:5000/hello:v1",
+                "localhost:5001/team/hello:v2",
+                true,
+            ),
+            (by_digest.as_str(), "localhost:5001/team/hello:v1", true),
+            (by_digest.as_str(), "registry.internal:5000/hello:v1", true),
+            (by_digest.as_str(), "localhost:5001/team", false),
+            (by_digest.as_str(), "registry.internal:5000/hello", false),
+            (
+                by_digest.as_str(),
+                "registry.internal:5000/hello:v1/more",
+                false,
+            ),
+        ];
+        for (source, destination, admitted) in references {
+            let spec = spec_of(source, destination, None);
+            assert_eq!(
+                cel_admits(&spec_rules, &spec),
+                admitted,
+                "{source} -> {destination}: {spec_rules:?}"
+            );
+            // The controller's own check agrees, so nothing the API server admits is refused
+            // later, and nothing it refuses would have been copied.
+            let spec: BundleCopySpec = serde_json::from_value(spec).unwrap();
+            assert_eq!(
+                crate::controller::reconcile::validate(&spec).is_ok(),
+                admitted,
+                "{source} -> {destination}"
+            );
+        }
+
+        // (interval, admitted)
+        let intervals = [
+            ("1m", true),
+            ("10m", true),
+            ("90s", true),
+            ("1h30m", true),
+            ("1.5h", true),
+            ("24h", true),
+            ("59s", false),
+            ("30s", false),
+            ("0", false),
+            ("-5m", false),
+            ("banana", false),
+            ("10", false),
+            ("", false),
+        ];
+        for (interval, admitted) in intervals {
+            assert_eq!(
+                cel_admits(&interval_rules, &Value::from(interval)),
+                admitted,
+                "interval {interval:?}: {interval_rules:?}"
+            );
+            let spec: BundleCopySpec = serde_json::from_value(spec_of(
+                "localhost:5000/hello:v1",
+                "localhost:5001/team",
+                Some(interval),
+            ))
+            .unwrap();
+            assert_eq!(
+                crate::controller::reconcile::validate(&spec).is_ok(),
+                admitted,
+                "interval {interval:?}"
+            );
+        }
+    }
+
     #[test]
     fn committed_crd_matches_the_generated_one() {
         let committed = std::fs::read_to_string(concat!(
