@@ -220,6 +220,20 @@ static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// True (after saying why) when no cluster is configured: the cluster tests then pass without
 /// doing anything.
+/// A client for the cluster of `KUBECONFIG`, with the guard that runs cluster tests one at a
+/// time; `None`, after saying why, without a cluster.
+async fn cluster() -> Option<(tokio::sync::MutexGuard<'static, ()>, Client)> {
+    if skipped_without_cluster() {
+        return None;
+    }
+    let guard = CLUSTER.lock().await;
+    bundlecopy::install_crypto_provider();
+    let client = Client::try_default()
+        .await
+        .expect("a client for the cluster in KUBECONFIG");
+    Some((guard, client))
+}
+
 fn skipped_without_cluster() -> bool {
     if std::env::var_os("KUBECONFIG").is_some() {
         return false;
@@ -387,14 +401,9 @@ impl Drop for ControllerProcess {
 
 #[tokio::test]
 async fn e2e_examples_on_a_real_cluster() {
-    if skipped_without_cluster() {
+    let Some((_one_at_a_time, client)) = cluster().await else {
         return;
-    }
-    let _one_at_a_time = CLUSTER.lock().await;
-    bundlecopy::install_crypto_provider();
-    let client = Client::try_default()
-        .await
-        .expect("a client for the cluster in KUBECONFIG");
+    };
 
     let (plain, tls, auth) = tokio::join!(
         TestRegistry::start(RegistryKind::Plain),
@@ -448,6 +457,52 @@ async fn e2e_examples_on_a_real_cluster() {
         graceful,
         "the controller did not exit cleanly on SIGTERM:\n{log_tail}"
     );
+}
+
+/// The API server enforces the CRD's CEL rules as the CEL interpreter in `crd_rules` evaluates
+/// them: each case of its table is sent as a server-side dry-run create (nothing is stored).
+#[tokio::test]
+async fn e2e_api_server_enforces_the_crd_rules() {
+    let Some((_one_at_a_time, client)) = cluster().await else {
+        return;
+    };
+    apply_crd(&client).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::erase::<BundleCopy>(&()),
+    );
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.to_string()),
+    };
+    let mut wrong = Vec::new();
+    for (index, case) in crate::crd_rules::rule_cases().into_iter().enumerate() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+            "metadata": {"name": format!("e2e-rule-{index}"), "namespace": "default"},
+            "spec": case.spec,
+        }))
+        .unwrap();
+        match (api.create(&dry_run, &object).await, case.admitted) {
+            (Ok(_), true) => {}
+            (Ok(_), false) => wrong.push(format!("{}: admitted, expected a refusal", case.what)),
+            (Err(kube::Error::Api(status)), false) => {
+                let names_field = status.message.contains(&format!("{}:", case.field));
+                let has_message = case
+                    .message
+                    .is_none_or(|message| status.message.contains(message));
+                if status.code != 422 || !names_field || !has_message {
+                    wrong.push(format!(
+                        "{}: refused with {} {:?}, expected 422 naming {} with {:?}",
+                        case.what, status.code, status.message, case.field, case.message
+                    ));
+                }
+            }
+            (Err(error), _) => wrong.push(format!("{}: {error}", case.what)),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 async fn run_examples(
@@ -1168,14 +1223,9 @@ struct RbacScenario {
 /// Events and log no refusal; a missing permission fails one of these.
 #[tokio::test]
 async fn e2e_chart_rbac_is_enough_on_a_real_cluster() {
-    if skipped_without_cluster() {
+    let Some((_one_at_a_time, client)) = cluster().await else {
         return;
-    }
-    let _one_at_a_time = CLUSTER.lock().await;
-    bundlecopy::install_crypto_provider();
-    let client = Client::try_default()
-        .await
-        .expect("a client for the cluster in KUBECONFIG");
+    };
     let registry = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(
         &registry,
@@ -1377,14 +1427,9 @@ async fn run_with_chart_rbac(
 /// True, the destination holds the digest, and the `Copied` Event comes from the new leader.
 #[tokio::test]
 async fn e2e_leader_election_hands_over_on_a_real_cluster() {
-    if skipped_without_cluster() {
+    let Some((_one_at_a_time, client)) = cluster().await else {
         return;
-    }
-    let _one_at_a_time = CLUSTER.lock().await;
-    bundlecopy::install_crypto_provider();
-    let client = Client::try_default()
-        .await
-        .expect("a client for the cluster in KUBECONFIG");
+    };
     let (source, destination) = tokio::join!(
         TestRegistry::start(RegistryKind::Plain),
         TestRegistry::start(RegistryKind::Plain)

@@ -14,6 +14,7 @@ mod controller_run;
 mod controller_scale;
 mod controller_stalled;
 mod copy;
+mod crd_rules;
 mod dockerfile;
 mod e2e;
 mod faults;
