@@ -370,6 +370,7 @@ impl ProgressReporter {
                 bar
             });
             let mut last = ProgressSnapshot::default();
+            let mut stopping = false;
             loop {
                 let now = progress.snapshot();
                 if let Some(bar) = &bar {
@@ -385,8 +386,12 @@ impl ProgressReporter {
                     );
                 }
                 last = now;
+                if stopping {
+                    break;
+                }
+                // One more pass after the stop, so the last plain line shows the final counts.
                 tokio::select! {
-                    _ = &mut stopped => break,
+                    _ = &mut stopped => stopping = true,
                     _ = tokio::time::sleep(Duration::from_millis(if terminal { 100 } else { 500 })) => {}
                 }
             }

@@ -108,6 +108,22 @@ async fn copy_http_to_http_with_the_cli_and_skopeo_reads_the_copy() {
     let expected = format!("{}/mirror/hello:v1@{}", dst.host(), pushed.index_digest);
     assert_eq!(stdout.trim(), expected);
     assert!(stderr.contains("Copied hello 0.1.0"), "{stderr}");
+    // Not a terminal: plain progress lines, the last one with the final counts.
+    let last_progress = stderr
+        .lines()
+        .rev()
+        .find(|line| line.trim_start().starts_with("blobs: "))
+        .unwrap_or_else(|| panic!("no progress line: {stderr}"));
+    let counts = |prefix: &str| {
+        let rest = &last_progress[last_progress.find(prefix).unwrap() + prefix.len()..];
+        let fraction = rest.split([' ', ',']).next().unwrap().to_string();
+        let (done, all) = fraction.split_once('/').unwrap();
+        (done.to_string(), all.to_string())
+    };
+    for prefix in ["blobs: ", "manifests: "] {
+        let (done, all) = counts(prefix);
+        assert_eq!(done, all, "{prefix}in the last progress line: {stderr}");
+    }
     assert_bundle_copied(
         &src,
         "team/hello",
