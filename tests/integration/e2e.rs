@@ -218,12 +218,15 @@ fn base64_auth(password: &str) -> String {
 /// would reconcile the BundleCopies of the others.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// True (after saying why) when no cluster is configured: the cluster tests then pass without
-/// doing anything.
 /// A client for the cluster of `KUBECONFIG`, with the guard that runs cluster tests one at a
 /// time; `None`, after saying why, without a cluster.
 async fn cluster() -> Option<(tokio::sync::MutexGuard<'static, ()>, Client)> {
-    if skipped_without_cluster() {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        println!(
+            "skipped: KUBECONFIG is not set — point it at a disposable test cluster to run the e2e \
+             suite (it installs the BundleCopy CRD, creates and deletes a namespace and RBAC objects); \
+             see docs/operator.md"
+        );
         return None;
     }
     let guard = CLUSTER.lock().await;
@@ -232,18 +235,6 @@ async fn cluster() -> Option<(tokio::sync::MutexGuard<'static, ()>, Client)> {
         .await
         .expect("a client for the cluster in KUBECONFIG");
     Some((guard, client))
-}
-
-fn skipped_without_cluster() -> bool {
-    if std::env::var_os("KUBECONFIG").is_some() {
-        return false;
-    }
-    println!(
-        "skipped: KUBECONFIG is not set — point it at a disposable test cluster to run the e2e \
-         suite (it installs the BundleCopy CRD, creates and deletes a namespace and RBAC objects); \
-         see docs/operator.md"
-    );
-    true
 }
 
 /// `bundlecopy controller`, run out of cluster; stopped with SIGTERM (killed on drop).
