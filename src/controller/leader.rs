@@ -473,8 +473,8 @@ mod tests {
         assert!(attempt.await.unwrap().unwrap());
     }
 
-    #[tokio::test]
-    async fn leadership_ends_when_another_replica_takes_the_lease() {
+    /// Leadership taken by creating the Lease (none existed), and the API server's handle.
+    async fn lead_with_a_new_lease() -> (Leadership, Handle<Request<Body>, Response<Body>>) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "ops");
         let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15)), |_| {}));
@@ -486,7 +486,12 @@ mod tests {
             lease("me", "2026-01-01T00:00:00.000000Z", 0),
         )
         .await;
-        let leadership = acquiring.await.unwrap().unwrap();
+        (acquiring.await.unwrap().unwrap(), handle)
+    }
+
+    #[tokio::test]
+    async fn leadership_ends_when_another_replica_takes_the_lease() {
+        let (leadership, mut handle) = lead_with_a_new_lease().await;
         // The next renewal finds another holder (an operator edited it, or our lease lapsed).
         answer(
             &mut handle,
@@ -502,18 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn release_clears_the_holder() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "ops");
-        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15)), |_| {}));
-        answer(&mut handle, Method::GET, 404, Value::Null).await;
-        answer(
-            &mut handle,
-            Method::POST,
-            201,
-            lease("me", "2026-01-01T00:00:00.000000Z", 0),
-        )
-        .await;
-        let leadership = acquiring.await.unwrap().unwrap();
+        let (leadership, mut handle) = lead_with_a_new_lease().await;
         let releasing = tokio::spawn(leadership.release());
         // Renewals may come first; the release is the PUT without a holder.
         loop {

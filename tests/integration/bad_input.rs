@@ -28,7 +28,8 @@ use kube::core::DeserializeGuard;
 use crate::faults::{bounded, copy_request, direct, fast_settings};
 use crate::support::check::run_cli_with;
 use crate::support::{
-    BundleSpec, ImageFormat, RegistryKind, TestRegistry, push_bundle, push_plain_image,
+    BundleSpec, ImageFormat, PushedBundle, PushedImage, RegistryKind, TestRegistry, push_bundle,
+    push_plain_image,
 };
 
 /// A CLI run must end well within this; a row that reaches it loops or hangs.
@@ -149,6 +150,51 @@ fn config_dir(json: &str) -> tempfile::TempDir {
     dir
 }
 
+/// What both tables copy from and to.
+struct Fixture {
+    /// Plain HTTP, holding the three below.
+    plain: TestRegistry,
+    /// TLS with basic auth.
+    auth: TestRegistry,
+    /// A good bundle with one component.
+    pushed: PushedBundle,
+    /// An image that is not a bundle.
+    image: PushedImage,
+    /// A bundle whose index names a component missing from bundle.json.
+    ghost: PushedBundle,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let plain = TestRegistry::start(RegistryKind::Plain).await;
+        let auth = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
+        let pushed = push_bundle(
+            &plain,
+            "good/app",
+            "v1",
+            &BundleSpec::new("good", "1.0.0").with_component("db", ImageFormat::Oci, &[2000]),
+        )
+        .await;
+        let image = push_plain_image(&plain, "plain/image", "v1").await;
+        let ghost = push_bundle(
+            &plain,
+            "ghost/app",
+            "v1",
+            &BundleSpec::new("ghost", "1.0.0")
+                .with_component("db", ImageFormat::Oci, &[2000])
+                .with_component_missing_from_bundle_json("ghost-component"),
+        )
+        .await;
+        Fixture {
+            plain,
+            auth,
+            pushed,
+            image,
+            ghost,
+        }
+    }
+}
+
 /// A row of the report table printed at the end (`--nocapture` shows it).
 fn report(rows: &mut Vec<String>, input: &str, reason: Option<Reason>, message: &str) {
     let shown: String = input.chars().take(60).collect();
@@ -158,25 +204,13 @@ fn report(rows: &mut Vec<String>, input: &str, reason: Option<Reason>, message: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
-    let plain = TestRegistry::start(RegistryKind::Plain).await;
-    let auth = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
-    let pushed = push_bundle(
-        &plain,
-        "good/app",
-        "v1",
-        &BundleSpec::new("good", "1.0.0").with_component("db", ImageFormat::Oci, &[2000]),
-    )
-    .await;
-    let image = push_plain_image(&plain, "plain/image", "v1").await;
-    let ghost = push_bundle(
-        &plain,
-        "ghost/app",
-        "v1",
-        &BundleSpec::new("ghost", "1.0.0")
-            .with_component("db", ImageFormat::Oci, &[2000])
-            .with_component_missing_from_bundle_json("ghost-component"),
-    )
-    .await;
+    let Fixture {
+        plain,
+        auth,
+        pushed,
+        image,
+        ghost,
+    } = Fixture::start().await;
     let empty_config = config_dir("{}");
     let mut rows = Vec::new();
 
@@ -625,25 +659,13 @@ fn ready_of(status: &serde_json::Value, type_: &str) -> (String, String, String)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_retry() {
-    let plain = TestRegistry::start(RegistryKind::Plain).await;
-    let auth = TestRegistry::start(RegistryKind::TlsBasicAuth).await;
-    let pushed = push_bundle(
-        &plain,
-        "good/app",
-        "v1",
-        &BundleSpec::new("good", "1.0.0").with_component("db", ImageFormat::Oci, &[2000]),
-    )
-    .await;
-    let image = push_plain_image(&plain, "plain/image", "v1").await;
-    let ghost = push_bundle(
-        &plain,
-        "ghost/app",
-        "v1",
-        &BundleSpec::new("ghost", "1.0.0")
-            .with_component("db", ImageFormat::Oci, &[2000])
-            .with_component_missing_from_bundle_json("ghost-component"),
-    )
-    .await;
+    let Fixture {
+        plain,
+        auth,
+        pushed,
+        image,
+        ghost,
+    } = Fixture::start().await;
 
     let host = auth.host();
     let user_and_secret = format!("{}:{SECRET_MARKER}", auth.username());

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::support::bundlecopy_bin;
-use crate::support::process::{kill_and_reap, spawn_tied_to_test_process};
+use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
 
 /// What the fake API server holds and saw.
@@ -79,6 +79,20 @@ impl ApiState {
             .map(|(_, status)| status)
             .collect()
     }
+
+    /// The Ready condition `(status, reason)` of the last status patch to `name`.
+    pub fn last_ready(&self, name: &str) -> Option<(String, String)> {
+        self.patches_of(name)
+            .last()
+            .and_then(|status| ready_of(status))
+    }
+
+    /// Whether an Event with `reason` regarding `name` was written.
+    pub fn has_event(&self, name: &str, reason: &str) -> bool {
+        self.events
+            .iter()
+            .any(|event| event["regarding"]["name"] == name && event["reason"] == reason)
+    }
 }
 
 /// A running fake API server for one namespace.
@@ -88,9 +102,9 @@ pub struct FakeApiServer {
     namespace: String,
 }
 
-type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 
-fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+pub fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -98,7 +112,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
         .unwrap()
 }
 
-fn not_found(what: &str) -> Response<ResponseBody> {
+pub fn not_found(what: &str) -> Response<ResponseBody> {
     json_response(
         StatusCode::NOT_FOUND,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -476,22 +490,9 @@ impl ControllerProcess {
 
     /// SIGTERM, then waits for a clean exit.
     pub async fn stop(&mut self, within: Duration) {
-        let pid = i32::try_from(self.pid()).unwrap();
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit {status}:\n{}", self.log());
-                return;
-            }
-            if Instant::now() > deadline {
-                self.kill_hard();
-                panic!("no exit within {within:?} of SIGTERM:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match terminate(&mut self.child, within).await {
+            Some(status) => assert!(status.success(), "exit {status}:\n{}", self.log()),
+            None => panic!("no exit within {within:?} of SIGTERM:\n{}", self.log()),
         }
     }
 }

@@ -71,12 +71,8 @@ async fn controller_malformed_objects_do_not_block_a_good_one() {
             .iter()
             .any(|status| ready_of(status).is_some_and(|(s, _)| s == "True"));
         good && broken.iter().all(|(name, _)| {
-            state.patches_of(name).last().and_then(|s| ready_of(s))
-                == Some(("False".into(), "InvalidSpec".into()))
-                && state
-                    .events
-                    .iter()
-                    .any(|e| e["regarding"]["name"] == *name && e["reason"] == "CopyFailed")
+            state.last_ready(name) == Some(("False".into(), "InvalidSpec".into()))
+                && state.has_event(name, "CopyFailed")
         })
     };
     controller
@@ -164,13 +160,7 @@ async fn controller_malformed_objects_do_not_block_a_good_one() {
                "destination": {"reference": format!("{}/fixed", destination.host())}}),
     );
     let fixed = || {
-        api.state
-            .lock()
-            .unwrap()
-            .patches_of(broken[0].0)
-            .last()
-            .and_then(|s| ready_of(s))
-            == Some(("True".into(), "Copied".into()))
+        api.state.lock().unwrap().last_ready(broken[0].0) == Some(("True".into(), "Copied".into()))
     };
     controller
         .wait_until(Duration::from_secs(60), fixed, || {

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use bundlecopy::controller::ControllerArgs;
 
-use crate::support::process::spawn_tied_to_test_process;
+use crate::controller_fake_api::{ResponseBody, json_response, not_found};
+use crate::support::process::{spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
 use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};
 
@@ -59,24 +60,6 @@ struct ApiState {
     unexpected: Vec<String>,
     /// Every request, as `METHOD path?query`, in order.
     requests: Vec<String>,
-}
-
-type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
-
-fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed_unsync())
-        .unwrap()
-}
-
-fn not_found(what: &str) -> Response<ResponseBody> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                "code": 404, "message": format!("{what} not found")}),
-    )
 }
 
 async fn handle(
@@ -324,22 +307,9 @@ async fn controller_run_copies_and_stops_on_sigterm() {
     );
 
     // SIGTERM: a clean exit, and the lease is handed back.
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no exit within 20 s of SIGTERM:\n{}", log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = terminate(&mut child, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
     assert!(status.success(), "exit {status}:\n{}", log_tail());
 
     let state = state.lock().unwrap();
@@ -579,22 +549,9 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
         "{scraped}"
     );
 
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no exit within 20 s of SIGTERM:\n{}", log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = terminate(&mut child, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
     assert!(status.success(), "exit {status}:\n{}", log_tail());
     let state = state.lock().unwrap();
     assert!(
@@ -653,25 +610,14 @@ async fn controller_run_is_starting_until_the_api_server_answers() {
         "{scraped}"
     );
 
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    let status = terminate(&mut child, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| {
             panic!(
                 "no exit within 10 s of SIGTERM while starting:\n{}",
                 log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            )
+        });
     assert!(status.success(), "exit {status}:\n{}", log_tail());
     silent.abort();
 }

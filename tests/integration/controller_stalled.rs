@@ -11,9 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::controller_fake_api::{
-    ApiState, ControllerProcess, FakeApiServer, bundle_copy_object, ready_of,
-};
+use crate::controller_fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::support::{
     BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle, push_plain_image,
 };
@@ -109,9 +107,7 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
             .iter()
             .map(|(name, _, _)| {
                 state
-                    .patches_of(name)
-                    .last()
-                    .and_then(|status| ready_of(status))
+                    .last_ready(name)
                     .map(|(_, reason)| reason)
                     .unwrap_or_default()
             })
@@ -122,11 +118,7 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
         let state = api.state.lock().unwrap();
         objects
             .iter()
-            .filter(|(name, _, _)| {
-                state.events.iter().any(|event| {
-                    event["regarding"]["name"] == *name && event["reason"] == "CopyFailed"
-                })
-            })
+            .filter(|(name, _, _)| state.has_event(name, "CopyFailed"))
             .count()
     };
     let expected: Vec<&str> = objects.iter().map(|(_, _, reason)| *reason).collect();
@@ -213,14 +205,8 @@ async fn controller_stalled_objects_are_written_once_and_a_new_secret_unblocks_o
     // Done when both the Ready patch and the Copied Event that follows it have arrived.
     let copied = || {
         let state = api.state.lock().unwrap();
-        state
-            .patches_of("missing-secret")
-            .last()
-            .and_then(|status| ready_of(status))
-            == Some(("True".to_string(), "Copied".to_string()))
-            && state.events.iter().any(|event| {
-                event["regarding"]["name"] == "missing-secret" && event["reason"] == "Copied"
-            })
+        state.last_ready("missing-secret") == Some(("True".to_string(), "Copied".to_string()))
+            && state.has_event("missing-secret", "Copied")
     };
     controller
         .wait_until(Duration::from_secs(60), copied, || {

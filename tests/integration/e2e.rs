@@ -28,7 +28,7 @@ use serde_json::Value;
 use bundlecopy::api::{BundleCopy, BundleCopySpec, BundleCopyStatus};
 use bundlecopy::controller::reconcile::validate;
 
-use crate::support::process::spawn_tied_to_test_process;
+use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
 use crate::support::registry::{TEST_PASSWORD, TEST_USERNAME, free_port};
 use crate::support::{
     BundleSpec, PushedBundle, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle,
@@ -362,30 +362,16 @@ impl ControllerProcess {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        terminate(&mut child, Duration::from_secs(20))
+            .await
+            .is_some_and(|status| status.success())
     }
 }
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 }
@@ -1260,20 +1246,33 @@ async fn e2e_chart_rbac_is_enough_on_a_real_cluster() {
     .catch_unwind()
     .await;
 
-    for process in &mut processes {
+    let releases: Vec<&str> = scenarios.iter().map(|s| s.release.as_str()).collect();
+    clean_up(&client, &namespace, &mut processes, &releases, outcome).await;
+}
+
+/// After a cluster test, whatever happened: stops the operators, deletes the namespace and the
+/// cluster-scoped RBAC of `releases`, then re-raises a failure after printing the operators' logs.
+async fn clean_up(
+    client: &Client,
+    namespace: &str,
+    processes: &mut [ControllerProcess],
+    releases: &[&str],
+    outcome: std::thread::Result<()>,
+) {
+    for process in processes.iter_mut() {
         process.stop().await;
     }
     if let Err(error) = Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::background())
+        .delete(namespace, &DeleteParams::background())
         .await
     {
         eprintln!("could not delete namespace {namespace}: {error}");
     }
-    for scenario in &scenarios {
-        delete_cluster_rbac(&client, &scenario.release).await;
+    for release in releases {
+        delete_cluster_rbac(client, release).await;
     }
     if let Err(panic) = outcome {
-        for process in &processes {
+        for process in processes.iter() {
             eprintln!(
                 "log of {} (last lines):\n{}",
                 process.log.display(),
@@ -1452,26 +1451,7 @@ async fn e2e_leader_election_hands_over_on_a_real_cluster() {
     .catch_unwind()
     .await;
 
-    for process in &mut processes {
-        process.stop().await;
-    }
-    if let Err(error) = Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::background())
-        .await
-    {
-        eprintln!("could not delete namespace {namespace}: {error}");
-    }
-    delete_cluster_rbac(&client, &release).await;
-    if let Err(panic) = outcome {
-        for process in &processes {
-            eprintln!(
-                "log of {} (last lines):\n{}",
-                process.log.display(),
-                process.log_tail()
-            );
-        }
-        std::panic::resume_unwind(panic);
-    }
+    clean_up(&client, &namespace, &mut processes, &[&release], outcome).await;
 }
 
 /// How long a Lease holder that stopped renewing keeps it (`LeaseSettings::duration`).

@@ -7,9 +7,10 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
@@ -53,4 +54,24 @@ pub fn spawn_tied_to_test_process(mut command: Command) -> io::Result<Child> {
 pub fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// SIGTERM to a child we started, then up to `within` for it to exit. `None` when it did not:
+/// it is then killed and reaped.
+pub async fn terminate(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill_and_reap(child);
+    None
 }
