@@ -105,12 +105,26 @@ async fn controller_restart_after_sigkill_mid_copy_skips_blobs_already_copied() 
     first.kill_hard();
     let killed_at = Instant::now();
 
-    // What the first process left behind, read after its death.
-    let mut present_all = BTreeSet::new();
-    for (digest, _) in &pushed.blobs {
-        if direct.head_blob("mirror/app", digest).await {
-            present_all.insert(digest.clone());
+    // What the first process left behind, read after its death. An upload whose body had fully
+    // arrived is still committed by the registry after the client died, so read until two
+    // readings half a second apart agree.
+    let read_present = || async {
+        let mut present = BTreeSet::new();
+        for (digest, _) in &pushed.blobs {
+            if direct.head_blob("mirror/app", digest).await {
+                present.insert(digest.clone());
+            }
         }
+        present
+    };
+    let mut present_all = read_present().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = read_present().await;
+        if again == present_all {
+            break;
+        }
+        present_all = again;
     }
     let present_large: BTreeSet<String> = large
         .iter()
