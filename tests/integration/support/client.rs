@@ -314,12 +314,23 @@ impl RegistryClient {
         ))
     }
 
-    /// Size of a blob from HEAD, or None on 404.
+    /// Size of a blob from HEAD, or None on 404. A HEAD that races the registry's commit of the
+    /// same blob (an upload finishing meanwhile) can get a 500 from distribution's filesystem
+    /// storage: asked again a few times before it counts.
     pub async fn blob_size(&self, repo: &str, digest: &str) -> Option<u64> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let response = self
+        let mut response = self
             .send(Method::HEAD, &path, repo, HeaderMap::new(), None)
             .await;
+        for _ in 0..5 {
+            if !response.status().is_server_error() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            response = self
+                .send(Method::HEAD, &path, repo, HeaderMap::new(), None)
+                .await;
+        }
         if response.status() == StatusCode::NOT_FOUND {
             return None;
         }
