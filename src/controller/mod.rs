@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{Semaphore, watch};
 
-use crate::api::{BundleCopy, FIELD_MANAGER};
+use crate::api::{BundleCopy, BundleCopyStatus, FIELD_MANAGER};
 use crate::copy::EngineSettings;
 use crate::http::{Readiness, Role};
 use crate::metrics::Metrics;
@@ -133,6 +133,10 @@ struct ObjectMemory {
     failures: u32,
     /// When the source was last resolved.
     last_source_check: Option<Timestamp>,
+    /// The status this process last wrote, and the resourceVersion of the object it was
+    /// computed from: a rerun that still sees that version in the cache (our own write's echo
+    /// not yet arrived) starts from what was written, so it does not write it again.
+    written: Option<(String, BundleCopyStatus)>,
 }
 
 /// Shared by every reconcile.
@@ -202,6 +206,19 @@ impl Context {
 
     pub fn last_source_check(&self, key: &str) -> Option<Timestamp> {
         self.with_memory(key, |m| m.last_source_check)
+    }
+
+    pub fn remember_written(&self, key: &str, read_version: String, status: BundleCopyStatus) {
+        self.with_memory(key, |m| m.written = Some((read_version, status)));
+    }
+
+    /// The status last written from the object at `read_version`, if that is the version seen
+    /// now (the cache has not caught up with the write yet).
+    pub fn written_since(&self, key: &str, read_version: &str) -> Option<BundleCopyStatus> {
+        self.with_memory(key, |m| match &m.written {
+            Some((version, status)) if version == read_version => Some(status.clone()),
+            _ => None,
+        })
     }
 }
 

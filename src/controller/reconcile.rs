@@ -193,9 +193,12 @@ pub async fn reconcile(
             None => return Ok(Action::await_change()),
         },
     };
+    let key = super::memory_key(object.as_ref());
+    let read_version = object.meta().resource_version.clone().unwrap_or_default();
+    let current = ctx.written_since(&key, &read_version).unwrap_or(current);
     let run = Run {
         api: Api::namespaced(ctx.client.clone(), &namespace),
-        key: super::memory_key(object.as_ref()),
+        key,
         generation: object.meta().generation.unwrap_or_default(),
         spec,
         current,
@@ -583,6 +586,10 @@ impl Run {
             )
             .await
             .map_err(Error::PatchStatus)?;
+        if let Some(version) = &self.object.meta().resource_version {
+            self.ctx
+                .remember_written(&self.key, version.clone(), next.clone());
+        }
         self.current = next;
         Ok(())
     }

@@ -506,6 +506,16 @@ async fn controller_missing_secret_is_secret_not_found_and_stalled() {
             .encode()
             .contains("bundlecopy_reconcile_failures_total{reason=\"SecretNotFound\"} 1")
     );
+
+    // A rerun before the cache has our write (same resourceVersion, no status yet), as when a
+    // watch event lands mid-reconcile: it starts from what was written, so it writes nothing.
+    let rerun = run_reconcile(object.clone(), &context).await;
+    api.expect_secret_get("push-creds", None).await;
+    api.expect_silence().await;
+    assert_eq!(
+        rerun.await.unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
 }
 
 #[tokio::test]
