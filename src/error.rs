@@ -124,9 +124,9 @@ pub enum CopyError {
         detail: String,
     },
 
-    #[error(
-        "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA for the {side}, or mark the {side} insecure"
-    )]
+    /// The fix (trust a CA, or allow an insecure endpoint) is added by the front end, in its
+    /// own terms.
+    #[error("{side} registry {registry}: TLS failed: {detail}")]
     Tls {
         side: Side,
         registry: String,

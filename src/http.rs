@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::controller::leader::Fence;
 use crate::metrics::Metrics;
 
 /// What this process is doing now, as `/readyz` and `/leaderz` report it.
@@ -67,6 +68,9 @@ impl Role {
 pub struct Readiness {
     role: Arc<AtomicU8>,
     leader_gauge: Gauge,
+    /// A leader whose fence has closed (renew deadline passed) reports itself as a standby at
+    /// once, before the controller has noticed.
+    fence: Option<Fence>,
 }
 
 impl Readiness {
@@ -75,7 +79,14 @@ impl Readiness {
         Readiness {
             role: Arc::default(),
             leader_gauge,
+            fence: None,
         }
+    }
+
+    /// Reports [`Role::Leader`] only while `fence` is open.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     pub fn set(&self, role: Role) {
@@ -84,7 +95,12 @@ impl Readiness {
     }
 
     pub fn role(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::SeqCst))
+        match Role::from_u8(self.role.load(Ordering::SeqCst)) {
+            Role::Leader if self.fence.as_ref().is_some_and(|fence| !fence.is_open()) => {
+                Role::Standby
+            }
+            role => role,
+        }
     }
 }
 
@@ -125,6 +141,11 @@ async fn leaderz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    // A closed fence counts at once, even before the controller has set its role.
+    state
+        .readiness
+        .leader_gauge
+        .set(i64::from(state.readiness.role().is_active()));
     (
         [(
             header::CONTENT_TYPE,
@@ -268,6 +289,34 @@ mod tests {
             let scraped = get(addr, "/metrics").await;
             assert_eq!(leader_gauge(&scraped), Some(gauge), "{shown:?}:\n{scraped}");
         }
+    }
+
+    /// At the renew deadline the fence closes: the probes and the gauge say standby at once,
+    /// before the controller has set its role.
+    #[tokio::test]
+    async fn a_leader_whose_fence_closed_reads_as_a_standby() {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Readiness::new(metrics.leader.clone()).with_fence(Fence::closed());
+        readiness.set(Role::Leader);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(
+            listener,
+            metrics,
+            readiness,
+            std::future::pending::<()>(),
+        ));
+        assert_eq!(
+            status_and_body(&get(addr, "/leaderz").await),
+            (503, "standby")
+        );
+        assert_eq!(
+            status_and_body(&get(addr, "/readyz").await),
+            (200, "standby")
+        );
+        let scraped = get(addr, "/metrics").await;
+        assert_eq!(leader_gauge(&scraped), Some("0"), "{scraped}");
+        task.abort();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::api::{BundleCopyStatus, condition_types};
+use crate::error::{CopyError, Reason};
 
 /// First wait after a transient failure; doubles with each further failure.
 pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -133,6 +134,13 @@ pub fn requeue_after_success(
     let interval = interval?;
     let elapsed = since_last_check.unwrap_or_default();
     Some(interval.saturating_sub(elapsed).max(Duration::from_secs(1)))
+}
+
+/// Whether the controller retries a failed copy with the transient backoff (Ready False, not
+/// Stalled) rather than the slow retry of a permanent failure. A missing source is transient
+/// here: with GitOps a BundleCopy is often applied before its bundle is published.
+pub fn is_transient(error: &CopyError) -> bool {
+    error.is_transient() || error.reason() == Reason::SourceNotFound
 }
 
 /// Wait before the next attempt after the `failures`-th transient failure in a row (1-based):

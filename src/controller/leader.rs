@@ -1,7 +1,19 @@
-//! Leader election on a coordination.k8s.io/v1 Lease, as client-go does it: a lease is taken
-//! over only after its record (holder, renew time) has not changed for a whole lease duration
-//! as seen by this process's clock, so clock skew between replicas does not matter.
+//! Leader election on a coordination.k8s.io/v1 Lease with client-go's timing model:
+//!
+//! - a candidate takes the Lease over only after its record (holder, renew time) has not changed
+//!   for a whole *lease duration* as seen by its own monotonic clock, so clock skew between
+//!   replicas does not matter;
+//! - the holder tries to renew every *retry period*, each attempt bounded in time, and steps down
+//!   as soon as a *renew deadline* (shorter than the lease duration) has passed since the start of
+//!   its last successful renewal — measured on the monotonic clock, even while a request hangs.
+//!
+//! The right to write is a [`Fence`]: it is open until the renew deadline of the last successful
+//! renewal and is checked by the API client before every write (see `api_client`), so nothing
+//! this process sends after its deadline can be a status patch or an Event, whatever the rest of
+//! the program is doing. A deposed leader becomes a candidate again (see docs/operator.md).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -12,48 +24,111 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ControllerArgs;
+/// client-go's defaults (kube-controller-manager, kube-scheduler).
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
 
-/// Where the lease lives and who we are.
+/// The three durations of leader election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// A holder whose record has not changed for this long is presumed gone.
+    pub lease_duration: Duration,
+    /// The holder steps down when it has not renewed for this long.
+    pub renew_deadline: Duration,
+    /// Time between attempts to take or renew the lease; also the bound of one attempt.
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            lease_duration: DEFAULT_LEASE_DURATION,
+            renew_deadline: DEFAULT_RENEW_DEADLINE,
+            retry_period: DEFAULT_RETRY_PERIOD,
+        }
+    }
+}
+
+impl LeaseTiming {
+    /// The ordering that makes two leaders impossible: the old leader stops writing (renew
+    /// deadline) before a candidate may take over (lease duration), and several attempts fit into
+    /// the renew deadline. The message names the flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retry_period.is_zero() {
+            return Err("--leader-election-retry-period must be more than 0".into());
+        }
+        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
+            return Err(format!(
+                "--leader-election-renew-deadline ({:?}) must be more than 1.2 × --leader-election-retry-period ({:?})",
+                self.renew_deadline, self.retry_period
+            ));
+        }
+        if self.lease_duration <= self.renew_deadline {
+            return Err(format!(
+                "--leader-election-lease-duration ({:?}) must be longer than --leader-election-renew-deadline ({:?}), \
+                 so that a leader stops before another may take over",
+                self.lease_duration, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the lease lives, who we are, and the timing.
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
     pub name: String,
     pub namespace: String,
     pub identity: String,
-    /// A holder that has not renewed for this long is presumed gone.
-    pub duration: Duration,
-    /// How often the holder renews (well inside `duration`).
-    pub renew_every: Duration,
-    /// How often a candidate tries to take the lease.
-    pub retry_every: Duration,
+    pub timing: LeaseTiming,
 }
 
-impl LeaseSettings {
-    pub fn from_args(args: &ControllerArgs) -> Self {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        LeaseSettings {
-            name: args.leader_election_lease_name.clone(),
-            namespace: args
-                .leader_election_namespace
-                .clone()
-                .or_else(|| env("POD_NAMESPACE"))
-                .unwrap_or_else(|| "default".to_string()),
-            identity: args
-                .leader_election_identity
-                .clone()
-                .or_else(|| env("POD_NAME"))
-                .or_else(|| env("HOSTNAME"))
-                .or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|h| h.trim().to_string())
-                })
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("bundlecopy-{}", std::process::id())),
-            duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-            retry_every: Duration::from_secs(2),
-        }
+/// Until when this process may write to the API server as the leader, on the monotonic clock.
+/// Cheap to clone; all clones share one state.
+#[derive(Debug, Clone)]
+pub struct Fence(Arc<FenceState>);
+
+#[derive(Debug)]
+struct FenceState {
+    origin: Instant,
+    /// Nanoseconds after `origin` until which writes are allowed; 0 means closed.
+    open_until: AtomicU64,
+}
+
+impl Fence {
+    fn with(open_until: u64) -> Fence {
+        Fence(Arc::new(FenceState {
+            origin: Instant::now(),
+            open_until: AtomicU64::new(open_until),
+        }))
+    }
+
+    /// Always open: a controller without leader election.
+    pub fn always_open() -> Fence {
+        Fence::with(u64::MAX)
+    }
+
+    /// Closed until a leadership opens it.
+    pub fn closed() -> Fence {
+        Fence::with(0)
+    }
+
+    pub fn is_open(&self) -> bool {
+        let now = u64::try_from(self.0.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.0.open_until.load(Ordering::SeqCst)
+    }
+
+    fn open_until(&self, until: Instant) {
+        let nanos = until.saturating_duration_since(self.0.origin).as_nanos();
+        self.0.open_until.store(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1).max(1),
+            Ordering::SeqCst,
+        );
+    }
+
+    fn close(&self) {
+        self.0.open_until.store(0, Ordering::SeqCst);
     }
 }
 
@@ -70,8 +145,8 @@ pub enum LeaderError {
     },
 }
 
-/// Holding the lease. Renewal runs in the background until `release` or until it fails for a
-/// whole lease duration.
+/// Holding the lease. Renewal runs in the background until `release`, until another replica
+/// holds the lease, or until the renew deadline passes without a renewal.
 pub struct Leadership {
     lost: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
@@ -79,7 +154,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Resolves when the lease is lost.
+    /// Resolves when leadership ends (the fence is closed by then).
     pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
         let mut lost = self.lost.clone();
         async move {
@@ -100,9 +175,12 @@ struct Observation {
     changed_at: Instant,
 }
 
+#[derive(Debug)]
 enum Attempt {
     Held,
     HeldByOther(String),
+    /// Someone wrote the lease between our read and our write: read again.
+    Conflict,
 }
 
 /// How a candidate that does not hold the lease is doing, for readiness.
@@ -120,60 +198,131 @@ fn is_permanent(error: &LeaderError) -> bool {
     matches!(source, kube::Error::Api(status) if status.code == 401 || status.code == 403)
 }
 
+/// One attempt to take or renew the lease, bounded by `until`: `None` when it did not finish.
+async fn attempt_until(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    observed: &mut Observation,
+    until: Instant,
+) -> Option<Result<Attempt, LeaderError>> {
+    tokio::time::timeout_at(until, try_hold(api, settings, observed))
+        .await
+        .ok()
+}
+
 /// Waits until this process holds the lease, telling `report` after each failed attempt whether
-/// it stands by or cannot reach the lease. Transient API errors are retried; only a refusal
-/// (401, 403) ends the wait with an error.
+/// it stands by or cannot reach the lease. Transient API errors and attempts that hang are
+/// retried; only a refusal (401, 403) ends the wait with an error. While held, `fence` is open
+/// until the renew deadline of the last renewal.
 pub async fn acquire(
     client: Client,
     settings: LeaseSettings,
+    fence: Fence,
     mut report: impl FnMut(Candidacy) + Send,
 ) -> Result<Leadership, LeaderError> {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let timing = settings.timing;
     let mut observed = Observation {
         record: None,
         changed_at: Instant::now(),
     };
-    loop {
-        match try_hold(&api, &settings, &mut observed).await {
-            Ok(Attempt::Held) => break,
-            Ok(Attempt::HeldByOther(holder)) => {
+    let renewed_at = loop {
+        let started = Instant::now();
+        match attempt_until(
+            &api,
+            &settings,
+            &mut observed,
+            started + timing.retry_period,
+        )
+        .await
+        {
+            Some(Ok(Attempt::Held)) => break started,
+            Some(Ok(Attempt::HeldByOther(holder))) => {
                 tracing::debug!(%holder, "lease held by another replica");
                 report(Candidacy::Standby);
             }
-            Err(error) if is_permanent(&error) => return Err(error),
-            Err(error) => {
+            Some(Ok(Attempt::Conflict)) => report(Candidacy::Standby),
+            Some(Err(error)) if is_permanent(&error) => return Err(error),
+            Some(Err(error)) => {
                 tracing::warn!(%error, "reading the lease failed; retrying");
                 report(Candidacy::LeaseUnreachable);
             }
+            None => {
+                tracing::warn!(timeout = ?timing.retry_period, "the API server did not answer about the lease in time; retrying");
+                report(Candidacy::LeaseUnreachable);
+            }
         }
-        tokio::time::sleep(settings.retry_every).await;
-    }
+        tokio::time::sleep_until(started + timing.retry_period).await;
+    };
+    fence.open_until(renewed_at + timing.renew_deadline);
     tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
     let (lost_sender, lost) = watch::channel(false);
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let renewal = tokio::spawn(async move {
-        let mut last_renewal = Instant::now();
+        let step_down = |why: &str| {
+            fence.close();
+            tracing::error!(lease = %settings.name, "{why}; stepped down: no more reconciles, status or Events from this replica");
+            let _ = lost_sender.send(true);
+        };
+        let stop_requested = || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut renewed_at = renewed_at;
+        let mut next_attempt = renewed_at + timing.retry_period;
         loop {
+            // Never sleep past the deadline: stepping down must not wait for the next attempt.
             tokio::select! {
-                _ = tokio::time::sleep(settings.renew_every) => {}
-                _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                () = tokio::time::sleep_until(next_attempt.min(renewed_at + timing.renew_deadline)) => {}
+                () = stop_requested() => {
+                    fence.close();
                     give_up(&api, &settings).await;
                     return;
                 }
             }
-            match try_hold(&api, &settings, &mut observed).await {
-                Ok(Attempt::Held) => last_renewal = Instant::now(),
-                Ok(Attempt::HeldByOther(holder)) => {
-                    tracing::error!(%holder, "another replica took the lease");
-                    let _ = lost_sender.send(true);
+            let deadline = renewed_at + timing.renew_deadline;
+            let started = Instant::now();
+            if started >= deadline {
+                step_down("the lease was not renewed within the renew deadline");
+                return;
+            }
+            // A hung attempt is abandoned after one retry period (or at the deadline), so that a
+            // connection the network silently dropped cannot outlast a short outage.
+            let attempt_end = (started + timing.retry_period).min(deadline);
+            let outcome = tokio::select! {
+                outcome = attempt_until(&api, &settings, &mut observed, attempt_end) => outcome,
+                () = stop_requested() => {
+                    fence.close();
+                    give_up(&api, &settings).await;
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "renewing the lease failed");
-                    if last_renewal.elapsed() >= settings.duration {
-                        let _ = lost_sender.send(true);
-                        return;
-                    }
+            };
+            match outcome {
+                Some(Ok(Attempt::Held)) => {
+                    renewed_at = started;
+                    fence.open_until(started + timing.renew_deadline);
+                    next_attempt = started + timing.retry_period;
+                }
+                Some(Ok(Attempt::HeldByOther(holder))) => {
+                    step_down(&format!("another replica ({holder}) holds the lease"));
+                    return;
+                }
+                Some(Ok(Attempt::Conflict)) => {
+                    // Possibly our own earlier write that timed out on its way: read again now.
+                    next_attempt = Instant::now();
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "renewing the lease failed; retrying");
+                    next_attempt = started + timing.retry_period;
+                }
+                None => {
+                    tracing::warn!(
+                        timeout = ?(attempt_end - started),
+                        "renewing the lease got no answer in time; retrying on a new request"
+                    );
+                    next_attempt = Instant::now();
                 }
             }
         }
@@ -196,7 +345,8 @@ async fn try_hold(
         source,
     };
     let now = MicroTime(Timestamp::now());
-    let duration_seconds = i32::try_from(settings.duration.as_secs()).unwrap_or(i32::MAX);
+    let duration_seconds =
+        i32::try_from(settings.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&settings.name).await.map_err(api_error)? else {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -215,9 +365,7 @@ async fn try_hold(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Held),
             // Another replica created it first.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                Ok(Attempt::HeldByOther(String::new()))
-            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Conflict),
             Err(error) => Err(api_error(error)),
         };
     };
@@ -229,7 +377,7 @@ async fn try_hold(
         observed.changed_at = Instant::now();
     }
     let ours = holder.as_deref() == Some(settings.identity.as_str());
-    let expired = observed.changed_at.elapsed() >= settings.duration;
+    let expired = observed.changed_at.elapsed() >= settings.timing.lease_duration;
     if !ours && holder.is_some() && !expired {
         return Ok(Attempt::HeldByOther(holder.unwrap_or_default()));
     }
@@ -251,30 +399,39 @@ async fn try_hold(
             observed.changed_at = Instant::now();
             Ok(Attempt::Held)
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            Ok(Attempt::HeldByOther(String::new()))
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Conflict),
         Err(error) => Err(api_error(error)),
     }
 }
 
-/// Clears the holder so that a standby replica need not wait for the lease to expire.
+/// Clears the holder so that a standby replica need not wait for the lease to expire. Bounded by
+/// one retry period: a shutdown must not wait on an API server that does not answer.
 async fn give_up(api: &Api<Lease>, settings: &LeaseSettings) {
-    let Ok(Some(mut lease)) = api.get_opt(&settings.name).await else {
-        return;
+    let release = async {
+        let Ok(Some(mut lease)) = api.get_opt(&settings.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match api
+            .replace(&settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!("released the lease"),
+            Err(error) => {
+                tracing::warn!(%error, "could not release the lease; it expires on its own")
+            }
+        }
     };
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
-        return;
-    }
-    spec.holder_identity = None;
-    spec.renew_time = None;
-    match api
-        .replace(&settings.name, &PostParams::default(), &lease)
+    if tokio::time::timeout(settings.timing.retry_period, release)
         .await
+        .is_err()
     {
-        Ok(_) => tracing::info!("released the lease"),
-        Err(error) => tracing::warn!(%error, "could not release the lease; it expires on its own"),
+        tracing::warn!("releasing the lease got no answer in time; it expires on its own");
     }
 }
 
@@ -286,14 +443,16 @@ mod tests {
     use serde_json::{Value, json};
     use tower_test::mock::Handle;
 
-    fn settings(duration: Duration) -> LeaseSettings {
+    fn settings(lease_duration: Duration) -> LeaseSettings {
         LeaseSettings {
             name: "bundlecopy-operator".into(),
             namespace: "ops".into(),
             identity: "me".into(),
-            duration,
-            renew_every: Duration::from_millis(10),
-            retry_every: Duration::from_millis(10),
+            timing: LeaseTiming {
+                lease_duration,
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_millis(10),
+            },
         }
     }
 
@@ -432,7 +591,7 @@ mod tests {
         let attempt = tokio::spawn(async move {
             try_hold(&api, &settings, &mut fresh())
                 .await
-                .map(|a| matches!(a, Attempt::HeldByOther(_)))
+                .map(|a| matches!(a, Attempt::Conflict))
         });
         answer(
             &mut handle,
@@ -475,9 +634,16 @@ mod tests {
 
     /// Leadership taken by creating the Lease (none existed), and the API server's handle.
     async fn lead_with_a_new_lease() -> (Leadership, Handle<Request<Body>, Response<Body>>) {
+        lead_with(settings(Duration::from_secs(15)), Fence::closed()).await
+    }
+
+    async fn lead_with(
+        settings: LeaseSettings,
+        fence: Fence,
+    ) -> (Leadership, Handle<Request<Body>, Response<Body>>) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "ops");
-        let acquiring = tokio::spawn(acquire(client, settings(Duration::from_secs(15)), |_| {}));
+        let acquiring = tokio::spawn(acquire(client, settings, fence, |_| {}));
         answer(&mut handle, Method::GET, 404, Value::Null).await;
         answer(
             &mut handle,
@@ -487,6 +653,132 @@ mod tests {
         )
         .await;
         (acquiring.await.unwrap().unwrap(), handle)
+    }
+
+    fn production_timing() -> LeaseSettings {
+        LeaseSettings {
+            timing: LeaseTiming::default(),
+            ..settings(Duration::from_secs(15))
+        }
+    }
+
+    /// Answers renewals like an API server, except that requests arriving while `frozen` says
+    /// so are held unanswered (a silent network: the connection stays open, nothing comes back).
+    /// Returns the arrival times of the held requests.
+    fn serve_renewals(
+        mut handle: Handle<Request<Body>, Response<Body>>,
+        frozen: impl Fn(Instant) -> bool + Send + 'static,
+    ) -> tokio::task::JoinHandle<Vec<Instant>> {
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut hung = Vec::new();
+            while let Some((request, respond)) = handle.next_request().await {
+                let now = Instant::now();
+                if frozen(now) {
+                    held.push(now);
+                    hung.push(respond);
+                    continue;
+                }
+                let method = request.method().clone();
+                let sent = request.into_body().collect_bytes().await.unwrap();
+                let reply = if method == Method::GET {
+                    lease("me", "2026-01-01T00:00:00.000000Z", 0)
+                } else {
+                    serde_json::from_slice(&sent).unwrap()
+                };
+                respond.send_response(
+                    Response::builder()
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+            held
+        })
+    }
+
+    #[test]
+    fn the_fence_is_open_only_until_its_deadline() {
+        assert!(Fence::always_open().is_open());
+        assert!(!Fence::closed().is_open());
+        let fence = Fence::closed();
+        fence.open_until(Instant::now() + Duration::from_secs(60));
+        assert!(fence.is_open());
+        fence.open_until(Instant::now());
+        assert!(!fence.is_open(), "a deadline that has passed closes it");
+        fence.open_until(Instant::now() + Duration::from_secs(60));
+        fence.close();
+        assert!(!fence.is_open());
+    }
+
+    #[test]
+    fn timing_must_let_the_leader_stop_before_a_take_over() {
+        assert_eq!(LeaseTiming::default().validate(), Ok(()));
+        let timing = |lease, deadline, retry| LeaseTiming {
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(deadline),
+            retry_period: Duration::from_secs(retry),
+        };
+        let error = timing(10, 10, 2).validate().unwrap_err();
+        assert!(
+            error.contains("--leader-election-lease-duration"),
+            "{error}"
+        );
+        let error = timing(15, 2, 2).validate().unwrap_err();
+        assert!(
+            error.contains("--leader-election-renew-deadline"),
+            "{error}"
+        );
+        let error = timing(15, 10, 0).validate().unwrap_err();
+        assert!(error.contains("--leader-election-retry-period"), "{error}");
+    }
+
+    /// The API server stops answering (requests hang, nothing is refused): the leader keeps
+    /// trying on new requests every retry period and steps down exactly at the renew deadline,
+    /// counted from the start of its last successful renewal, with the fence closed by then.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_hang_steps_down_at_the_renew_deadline() {
+        let fence = Fence::closed();
+        let started = Instant::now();
+        let (leadership, handle) = lead_with(production_timing(), fence.clone()).await;
+        assert!(fence.is_open());
+        let held = serve_renewals(handle, |_| true);
+        leadership.lost().await;
+        let stepped_down = started.elapsed();
+        assert!(!fence.is_open());
+        assert!(
+            stepped_down >= DEFAULT_RENEW_DEADLINE
+                && stepped_down < DEFAULT_RENEW_DEADLINE + Duration::from_millis(100),
+            "stepped down after {stepped_down:?}"
+        );
+        drop(leadership);
+        let held = held.await.unwrap();
+        // Attempts at 2, 4, 6 and 8 s, each abandoned after one retry period.
+        assert_eq!(held.len(), 4, "{held:?}");
+    }
+
+    /// An outage shorter than the renew deadline (5 s of silence) changes nothing: the hung
+    /// attempts are abandoned, a new one succeeds once the server answers, the fence stays open.
+    #[tokio::test(start_paused = true)]
+    async fn a_short_outage_keeps_the_leader() {
+        let fence = Fence::closed();
+        let started = Instant::now();
+        let (leadership, handle) = lead_with(production_timing(), fence.clone()).await;
+        let outage = (
+            started + Duration::from_secs(3),
+            started + Duration::from_secs(8),
+        );
+        let held = serve_renewals(handle, move |now| now >= outage.0 && now < outage.1);
+        let lost = leadership.lost();
+        tokio::pin!(lost);
+        for _ in 0..30 {
+            tokio::select! {
+                () = &mut lost => panic!("stepped down after {:?}", started.elapsed()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => assert!(fence.is_open()),
+            }
+        }
+        leadership.release().await;
+        assert!(!fence.is_open(), "a released leadership closes the fence");
+        assert!(!held.await.unwrap().is_empty(), "the outage held requests");
     }
 
     #[tokio::test]
@@ -543,6 +835,7 @@ mod tests {
         let acquiring = tokio::spawn(acquire(
             client,
             settings(Duration::from_secs(15)),
+            Fence::closed(),
             move |candidacy| {
                 let _ = reports.send(candidacy);
             },

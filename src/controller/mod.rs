@@ -1,6 +1,7 @@
 //! The BundleCopy controller: watches BundleCopies (and the Secrets they name), reconciles
 //! each with the copy engine and reports in its status. See DESIGN.md section 3.
 
+pub mod api_client;
 pub mod decide;
 pub mod leader;
 pub mod reconcile;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -96,9 +97,64 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "ID", env = "BUNDLECOPY_LEADER_ELECTION_IDENTITY")]
     pub leader_election_identity: Option<String>,
 
+    /// How long a Lease whose holder stopped renewing stays held before a standby takes it.
+    #[arg(long, value_name = "DURATION", env = "BUNDLECOPY_LEADER_ELECTION_LEASE_DURATION",
+          default_value = "15s", value_parser = parse_flag_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// The leader stops reconciling, writing status and Events when it has not renewed the Lease
+    /// for this long (shorter than the lease duration).
+    #[arg(long, value_name = "DURATION", env = "BUNDLECOPY_LEADER_ELECTION_RENEW_DEADLINE",
+          default_value = "10s", value_parser = parse_flag_duration)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// Time between attempts to take or renew the Lease; one attempt gets no longer.
+    #[arg(long, value_name = "DURATION", env = "BUNDLECOPY_LEADER_ELECTION_RETRY_PERIOD",
+          default_value = "2s", value_parser = parse_flag_duration)]
+    pub leader_election_retry_period: Duration,
+
     /// PEM bundle of CA certificates trusted for every HTTPS registry (e.g. a corporate CA).
     #[arg(long, value_name = "PATH", env = "BUNDLECOPY_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
+}
+
+fn parse_flag_duration(text: &str) -> Result<Duration, String> {
+    decide::parse_duration(text).map_err(|error| error.to_string())
+}
+
+/// Longest wait for the API server's whole answer to one request that is not a watch.
+pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ControllerArgs {
+    /// Where the Lease lives, who this replica is, and the timing of the election.
+    pub fn lease_settings(&self) -> leader::LeaseSettings {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        leader::LeaseSettings {
+            name: self.leader_election_lease_name.clone(),
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "default".to_string()),
+            identity: self
+                .leader_election_identity
+                .clone()
+                .or_else(|| env("POD_NAME"))
+                .or_else(|| env("HOSTNAME"))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_string())
+                })
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("bundlecopy-{}", std::process::id())),
+            timing: leader::LeaseTiming {
+                lease_duration: self.leader_election_lease_duration,
+                renew_deadline: self.leader_election_renew_deadline,
+                retry_period: self.leader_election_retry_period,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -308,9 +364,9 @@ pub fn controller_stream(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    let secret_stream = watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
+    let secret_stream = changed_objects(
+        watcher(secrets, watcher::Config::default().any_semantic()).default_backoff(),
+    );
     let store = reader.clone();
     let scope = namespace.unwrap_or_else(|| "all namespaces".to_string());
     Controller::for_stream(bundle_stream, reader)
@@ -327,6 +383,28 @@ pub fn controller_stream(
             }
             Err(error) => tracing::warn!(scope = %scope, %error, "controller"),
         })
+}
+
+/// The objects a watch reports changed, without its first listing: at start-up every BundleCopy
+/// is reconciled anyway, and a second trigger from its Secret would run a failed object twice in
+/// a row. After a re-list, listed objects count as changed (the watch may have missed a change).
+fn changed_objects<K>(
+    events: impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+) -> impl futures_util::Stream<Item = Result<K, watcher::Error>> {
+    let mut first_list_done = false;
+    events.filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => Some(Ok(object)),
+            Ok(watcher::Event::InitApply(object)) if first_list_done => Some(Ok(object)),
+            Ok(watcher::Event::InitDone) => {
+                first_list_done = true;
+                None
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+            Err(error) => Some(Err(error)),
+        };
+        std::future::ready(changed)
+    })
 }
 
 fn init_logging(args: &ControllerArgs) -> anyhow::Result<()> {
@@ -373,28 +451,68 @@ async fn until_set(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|set| *set).await;
 }
 
-/// A client for the cluster, once the API server has answered that BundleCopies are listable
-/// where this process watches them.
-async fn connect(args: &ControllerArgs) -> anyhow::Result<Client> {
-    let client = Client::try_default().await.context(
+/// The cluster's connection settings, once the API server has answered that BundleCopies are
+/// listable where this process watches them.
+async fn connect(args: &ControllerArgs) -> anyhow::Result<kube::Config> {
+    let config = kube::Config::infer().await.context(
         "connecting to Kubernetes (set KUBECONFIG or run in a pod with a service account)",
     )?;
+    let client = api_client::build(config.clone(), API_REQUEST_TIMEOUT, None)
+        .context("setting up the Kubernetes client")?;
     let probe: Api<BundleCopy> = match args.namespaces.first() {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
     };
     probe.list_metadata(&ListParams::default().limit(1)).await.context(
         "listing BundleCopies failed; is the CRD installed? \
          (kubectl apply --server-side -f crds/bundlecopies.bundlecopy.dev.yaml) and may this account list them?",
     )?;
-    Ok(client)
+    Ok(config)
 }
 
-/// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
-pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    init_logging(&args)?;
-    crate::install_crypto_provider();
+/// What the controller needs for one term of reconciling (all of the run without election).
+struct Reconciling<'a> {
+    args: &'a ControllerArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    engine: EngineSettings,
+    shutdown: watch::Receiver<bool>,
+}
 
+impl Reconciling<'_> {
+    /// Runs the controllers until a shutdown lets them finish. Dropping the future stops every
+    /// reconcile at once, copies included. Each term starts with fresh per-object memory.
+    async fn run(&self) {
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            self.metrics.clone(),
+            self.engine.clone(),
+            usize::from(self.args.max_concurrent_copies),
+        ));
+        let scopes: Vec<Option<String>> = if self.args.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.args.namespaces.iter().cloned().map(Some).collect()
+        };
+        let controllers = scopes.into_iter().map(|namespace| {
+            controller_stream(
+                self.client.clone(),
+                namespace,
+                ctx.clone(),
+                self.args.max_concurrent_copies,
+                until_set(self.shutdown.clone()),
+            )
+            .boxed()
+        });
+        tracing::info!(namespaces = ?self.args.namespaces, "controller started");
+        futures_util::stream::select_all(controllers)
+            .for_each(|()| async {})
+            .await;
+    }
+}
+
+/// Engine settings from the flags.
+fn engine_settings(args: &ControllerArgs) -> anyhow::Result<EngineSettings> {
     let mut engine = EngineSettings::default();
     if let Some(path) = &args.extra_ca_file {
         let pem = std::fs::read(path)
@@ -403,26 +521,47 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .map_err(|problem| anyhow::anyhow!("--extra-ca-file {}: {problem}", path.display()))?;
         engine.extra_roots_pem = Some(pem);
     }
+    Ok(engine)
+}
 
-    // The HTTP server comes up first so that /healthz answers and /readyz says `starting` while
-    // the API server, the CRD and the Lease are checked.
-    let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::new(metrics.leader.clone());
-    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
-    let signal_sender = shutdown_sender.clone();
-    let signal_readiness = readiness.clone();
+/// Sets the shutdown flag on SIGTERM/SIGINT; a second signal ends the process at once.
+fn handle_signals(shutdown: watch::Sender<bool>, readiness: Readiness) {
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!(
             "shutdown requested; finishing running copies (signal again to stop at once)"
         );
-        signal_readiness.set(Role::Stopping);
-        let _ = signal_sender.send(true);
+        readiness.set(Role::Stopping);
+        let _ = shutdown.send(true);
         shutdown_signal().await;
         tracing::warn!("second signal: stopping without waiting for running copies");
         std::process::exit(130);
     });
+}
 
+/// Runs the controller until SIGTERM/SIGINT. With leader election it reconciles only while it
+/// holds the Lease; a leader that loses it steps down and becomes a candidate again.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    init_logging(&args)?;
+    crate::install_crypto_provider();
+    let lease = args.lease_settings();
+    if args.leader_election {
+        lease.timing.validate().map_err(anyhow::Error::msg)?;
+    }
+    let engine = engine_settings(&args)?;
+
+    // The HTTP server comes up first so that /healthz answers and /readyz says `starting` while
+    // the API server, the CRD and the Lease are checked.
+    let metrics = Arc::new(Metrics::new());
+    // Only a leader writes: the fence closes at the renew deadline, before any take-over.
+    let fence = if args.leader_election {
+        leader::Fence::closed()
+    } else {
+        leader::Fence::always_open()
+    };
+    let readiness = Readiness::new(metrics.leader.clone()).with_fence(fence.clone());
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    handle_signals(shutdown_sender.clone(), readiness.clone());
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
@@ -430,24 +569,55 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         listener,
         metrics.clone(),
         readiness.clone(),
-        until_set(shutdown_receiver.clone()),
+        until_set(shutdown.clone()),
     ));
 
     // A shutdown while the API server is slow to answer must not wait for its timeouts.
-    let mut shutdown = shutdown_receiver.clone();
-    let client = tokio::select! {
-        client = connect(&args) => client?,
-        _ = shutdown.wait_for(|set| *set) => {
-            let _ = server.await;
-            tracing::info!("controller stopped while starting");
-            return Ok(());
-        }
+    let config = tokio::select! {
+        config = connect(&args) => Some(config?),
+        () = until_set(shutdown.clone()) => None,
     };
+    if let Some(config) = config {
+        let reconciling = Reconciling {
+            args: &args,
+            client: api_client::build(config.clone(), API_REQUEST_TIMEOUT, Some(fence.clone()))
+                .context("setting up the Kubernetes client")?,
+            metrics,
+            engine,
+            shutdown: shutdown.clone(),
+        };
+        if args.leader_election {
+            let lease_client = api_client::build(config, API_REQUEST_TIMEOUT, None)
+                .context("setting up the Kubernetes client")?;
+            lead_while_elected(&reconciling, lease_client, lease, fence, &readiness).await?;
+        } else {
+            readiness.set(Role::Running);
+            reconciling.run().await;
+        }
+    }
+    readiness.set(Role::Stopping);
+    let _ = shutdown_sender.send(true);
+    match server.await {
+        Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,
+        Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
 
-    let mut leadership = None;
-    if args.leader_election {
-        let lease = leader::LeaseSettings::from_args(&args);
-        tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+/// Terms of leadership until shutdown: stand by until the Lease is ours, reconcile while it is,
+/// and after losing it stand by again (the in-flight reconciles are dropped, and the fence has
+/// already closed the API client to writes).
+async fn lead_while_elected(
+    reconciling: &Reconciling<'_>,
+    lease_client: Client,
+    lease: leader::LeaseSettings,
+    fence: leader::Fence,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
+    tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity,
+        timing = ?lease.timing, "waiting for leadership");
+    loop {
         // A standby is ready (rollouts must complete while the old leader still holds the lease),
         // but not while it cannot reach the lease and so could not take over.
         let candidate_readiness = readiness.clone();
@@ -458,73 +628,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             })
         };
         let elected = tokio::select! {
-            elected = leader::acquire(client.clone(), lease, report) => Some(elected?),
-            _ = shutdown.wait_for(|set| *set) => None,
+            elected = leader::acquire(lease_client.clone(), lease.clone(), fence.clone(), report) => elected?,
+            () = until_set(reconciling.shutdown.clone()) => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
         };
-        let Some(elected) = elected else {
-            readiness.set(Role::Stopping);
-            let _ = server.await;
-            tracing::info!("controller stopped while standing by");
+        readiness.set(Role::Leader);
+        let lost = tokio::select! {
+            () = reconciling.run() => false,
+            () = elected.lost() => true,
+        };
+        if !lost {
+            // Shutdown: the running copies finished; hand the Lease over at once.
+            elected.release().await;
             return Ok(());
-        };
-        leadership = Some(elected);
+        }
+        readiness.set(Role::Standby);
+        tracing::warn!("lost the leader Lease; stopped reconciling, standing by to lead again");
     }
-    // Losing the lease must stop reconciling at once, running copies included.
-    let lease_lost = match &leadership {
-        Some(elected) => elected.lost().boxed(),
-        None => std::future::pending().boxed(),
-    };
-
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        engine,
-        usize::from(args.max_concurrent_copies),
-    ));
-    let scopes: Vec<Option<&str>> = if args.namespaces.is_empty() {
-        vec![None]
-    } else {
-        args.namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
-    let controllers = scopes.into_iter().map(|namespace| {
-        controller_stream(
-            client.clone(),
-            namespace.map(str::to_string),
-            ctx.clone(),
-            args.max_concurrent_copies,
-            until_set(shutdown_receiver.clone()),
-        )
-        .boxed()
-    });
-    tracing::info!(namespaces = ?args.namespaces, "controller started");
-    readiness.set(if leadership.is_some() {
-        Role::Leader
-    } else {
-        Role::Running
-    });
-    let lost = tokio::select! {
-        () = futures_util::stream::select_all(controllers).for_each(|()| async {}) => false,
-        () = lease_lost => true,
-    };
-    // With the lease lost, the controller streams were dropped above, which aborts their
-    // reconciles.
-    readiness.set(Role::Stopping);
-    let _ = shutdown_sender.send(true);
-    if let Some(elected) = leadership {
-        elected.release().await;
-    }
-    if lost {
-        let _ = server.await;
-        anyhow::bail!(
-            "lost the leader Lease; stopped reconciling (a restart rejoins as a standby)"
-        );
-    }
-    match server.await {
-        Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,
-        Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
-    }
-    tracing::info!("controller stopped");
-    Ok(())
 }
 
 #[cfg(test)]

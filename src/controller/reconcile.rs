@@ -144,12 +144,16 @@ impl Failure {
                     "; trust the registry's CA with {field}.caSecretRef, or set {field}.insecure: true"
                 )
             }
+            (Reason::SourceNotFound, _) => {
+                "; the copy starts when it appears (checked again with a backoff of up to 5 minutes)"
+                    .to_string()
+            }
             _ => String::new(),
         };
         Failure {
             reason: error.reason(),
             message: format!("{error}{hint}"),
-            transient: error.is_transient(),
+            transient: decide::is_transient(error),
             retry_after: error.retry_after(),
         }
     }

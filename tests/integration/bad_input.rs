@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bundlecopy::api::BundleCopy;
-use bundlecopy::controller::decide::PERMANENT_RETRY;
+use bundlecopy::controller::decide::{PERMANENT_RETRY, TRANSIENT_BACKOFF_BASE};
 use bundlecopy::controller::{Context, reconcile};
 use bundlecopy::copy::{EndpointOptions, EngineSettings, Progress, copy_bundle};
 use bundlecopy::credentials::DockerConfig as EngineDockerConfig;
@@ -482,6 +482,8 @@ struct ControllerRow {
     reason: Reason,
     /// Fragments the Ready message must hold: the Secret or field at fault and the fix.
     facts: Vec<String>,
+    /// Permanent (Stalled, slow retry) or transient (backoff, not Stalled).
+    permanent: bool,
 }
 
 fn secret_of(name: &str, type_: Option<&str>, data: &[(&str, &[u8])]) -> Secret {
@@ -698,6 +700,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: vec![good_ca.clone()],
             reason: Reason::SecretNotFound,
             facts: facts(&[named, field, "create it or fix the name"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret of the wrong type (Opaque)",
@@ -709,6 +712,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "has type Opaque", kubectl_fix]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret of the wrong type (basic-auth)",
@@ -723,6 +727,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "kubernetes.io/basic-auth", kubectl_fix]),
+            permanent: true,
         },
         ControllerRow {
             what: "a dockerconfigjson Secret without its key",
@@ -734,6 +739,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "has no key .dockerconfigjson", kubectl_fix]),
+            permanent: true,
         },
         ControllerRow {
             what: "a dockercfg Secret without any data",
@@ -741,6 +747,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: with_ca(secret_of("push-creds", Some("kubernetes.io/dockercfg"), &[])),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "has no key .dockercfg", kubectl_fix]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret with invalid JSON",
@@ -751,6 +758,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "key .dockerconfigjson", "not valid JSON", "fix the JSON syntax"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret with invalid base64 in auth",
@@ -761,6 +769,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "not valid base64", "USERNAME:PASSWORD"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret whose auth has no colon",
@@ -771,6 +780,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "USERNAME:PASSWORD"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret with an empty username",
@@ -784,6 +794,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::InvalidSecret,
             facts: facts(&[named, field, "empty username"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a Secret with credentials only for other hosts",
@@ -797,6 +808,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             )),
             reason: Reason::AuthenticationFailed,
             facts: facts(&[named, field, "no credentials match", &host]),
+            permanent: true,
         },
         ControllerRow {
             what: "a source credentials Secret that does not exist",
@@ -804,6 +816,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: with_ca(docker_secret("push-creds", &auth.docker_config_json())),
             reason: Reason::SecretNotFound,
             facts: facts(&["\"pull-creds\"", "spec.source.credentials", "create it or fix the name"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a caSecretRef with garbage PEM",
@@ -818,6 +831,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             ],
             reason: Reason::InvalidSecret,
             facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "key ca.crt", "not valid PEM", "put the registry's CA certificates (PEM) under key ca.crt"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a caSecretRef holding no certificate",
@@ -828,6 +842,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             ],
             reason: Reason::InvalidSecret,
             facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "no PEM certificate", "put the registry's CA certificates (PEM) under key ca.crt"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a caSecretRef without its key",
@@ -842,6 +857,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             ],
             reason: Reason::InvalidSecret,
             facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "has no key ca.crt", "or name another key in spec.destination.caSecretRef.key"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a caSecretRef naming a missing Secret",
@@ -849,6 +865,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: vec![docker_secret("push-creds", &auth.docker_config_json())],
             reason: Reason::SecretNotFound,
             facts: facts(&["\"registry-ca\"", "spec.destination.caSecretRef", "create it or fix the name"]),
+            permanent: true,
         },
         ControllerRow {
             what: "a source that is not a bundle",
@@ -857,6 +874,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: vec![],
             reason: Reason::NotABundle,
             facts: facts(&["not a CNAB bundle"]),
+            permanent: true,
         },
         ControllerRow {
             what: "an index naming a component missing from bundle.json",
@@ -865,8 +883,31 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: vec![],
             reason: Reason::NotABundle,
             facts: facts(&["ghost-component"]),
+            permanent: true,
         },
     ];
+    // Not there yet (GitOps applied the BundleCopy before the bundle was published): transient.
+    rows.push(ControllerRow {
+        what: "a source tag that does not exist yet",
+        spec: serde_json::json!({"source": {"reference": format!("{}/not/yet:v9", plain.host())},
+                                 "destination": {"reference": format!("{}/mirror", plain.host())}}),
+        secrets: vec![],
+        reason: Reason::SourceNotFound,
+        facts: facts(&["not/yet:v9", "the copy starts when it appears"]),
+        permanent: false,
+    });
+    rows.push(ControllerRow {
+        what: "a TLS destination whose CA is not trusted",
+        spec: serde_json::json!({"source": {"reference": pushed.reference},
+                                 "destination": {"reference": format!("{host}/team")}}),
+        secrets: vec![],
+        reason: Reason::TLSError,
+        facts: facts(&[
+            "spec.destination.caSecretRef",
+            "spec.destination.insecure: true",
+        ]),
+        permanent: true,
+    });
     // Shapes the CRD's CEL rules reject, which a non-validating API server could still hand over.
     let spec_rows: [(&'static str, serde_json::Value, &[&str]); 9] = [
         (
@@ -931,6 +972,7 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
             secrets: vec![],
             reason: Reason::InvalidSpec,
             facts: facts(expected),
+            permanent: true,
         });
     }
 
@@ -966,17 +1008,42 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
                 "{what}: {fact:?} not in {message:?}"
             );
         }
+        // A TLS failure carries one hint, in the resource's own terms: the
+        // engine's generic advice is not repeated beside it.
+        let hints: &[&str] = if row.reason.as_str() == "TLSError" {
+            &["caSecretRef", "insecure", "registry's CA"]
+        } else {
+            &[]
+        };
+        for hint in hints {
+            assert!(
+                message.matches(*hint).count() <= 1,
+                "{what}: {hint:?} more than once in {message:?}"
+            );
+        }
         let (stalled, stalled_reason, _) = ready_of(status, "Stalled");
-        assert_eq!(
-            (stalled.as_str(), stalled_reason.as_str()),
-            ("True", row.reason.as_str()),
-            "{what}: a permanent problem is Stalled"
-        );
-        assert_eq!(
-            action,
-            kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
-            "{what}: the retry must be the slow one"
-        );
+        if row.permanent {
+            assert_eq!(
+                (stalled.as_str(), stalled_reason.as_str()),
+                ("True", row.reason.as_str()),
+                "{what}: a permanent problem is Stalled"
+            );
+            assert_eq!(
+                action,
+                kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
+                "{what}: the retry must be the slow one"
+            );
+        } else {
+            assert_eq!(
+                stalled, "False",
+                "{what}: a transient problem is not Stalled"
+            );
+            assert_eq!(
+                action,
+                kube::runtime::controller::Action::requeue(TRANSIENT_BACKOFF_BASE),
+                "{what}: the first retry must be the transient backoff's"
+            );
+        }
         assert!(PERMANENT_RETRY >= Duration::from_secs(600));
         // No secret value anywhere the controller wrote.
         let written = format!("{:?} {:?}", seen.status_patches, seen.events);
