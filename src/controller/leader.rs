@@ -228,18 +228,16 @@ pub async fn acquire(
     };
     let renewed_at = loop {
         let started = Instant::now();
-        match attempt_until(
-            &api,
-            &settings,
-            &mut observed,
-            started + timing.retry_period,
-        )
-        .await
-        {
+        let mut next_attempt = started + timing.retry_period;
+        match attempt_until(&api, &settings, &mut observed, next_attempt).await {
             Some(Ok(Attempt::Held)) => break started,
             Some(Ok(Attempt::HeldByOther(holder))) => {
                 tracing::debug!(%holder, "lease held by another replica");
                 report(Candidacy::Standby);
+                // Look again the moment the holder's lease runs out, not up to a retry period
+                // later: a take-over then comes within lease duration + retry period of the
+                // holder's last renewal being seen.
+                next_attempt = next_attempt.min(observed.changed_at + timing.lease_duration);
             }
             Some(Ok(Attempt::Conflict)) => report(Candidacy::Standby),
             Some(Err(error)) if is_permanent(&error) => return Err(error),
@@ -252,7 +250,7 @@ pub async fn acquire(
                 report(Candidacy::LeaseUnreachable);
             }
         }
-        tokio::time::sleep_until(started + timing.retry_period).await;
+        tokio::time::sleep_until(next_attempt).await;
     };
     fence.open_until(renewed_at + timing.renew_deadline);
     tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
@@ -694,6 +692,35 @@ mod tests {
             }
             held
         })
+    }
+
+    /// A holder that stops renewing is replaced when its lease runs out as this replica saw it,
+    /// not at the next multiple of the retry period.
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_takes_over_when_the_lease_runs_out() {
+        let settings = LeaseSettings {
+            timing: LeaseTiming::default(),
+            ..settings(Duration::from_secs(15))
+        };
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ops");
+        let started = Instant::now();
+        let acquiring = tokio::spawn(acquire(client, settings, Fence::closed(), |_| {}));
+        let stale = lease("them", "2026-01-01T00:00:00.000000Z", 3);
+        // Looks at 0, 2, …, 14 s: held. At 15 s it has run out: taken over.
+        for _ in 0..9 {
+            answer(&mut handle, Method::GET, 200, stale.clone()).await;
+        }
+        let taken_at = started.elapsed();
+        answer(
+            &mut handle,
+            Method::PUT,
+            200,
+            lease("me", "2026-01-01T00:00:15.000000Z", 4),
+        )
+        .await;
+        assert!(acquiring.await.unwrap().is_ok());
+        assert_eq!(taken_at, Duration::from_secs(15));
     }
 
     #[test]

@@ -804,6 +804,9 @@ fn every_toggle_reaches_the_controller_arguments() {
         "--leader-election",
         &format!("--leader-election-namespace={RELEASE_NAMESPACE}"),
         "--leader-election-lease-name=bundlecopy-operator",
+        "--leader-election-lease-duration=15s",
+        "--leader-election-renew-deadline=10s",
+        "--leader-election-retry-period=2s",
         "--extra-ca-file=/etc/bundlecopy/extra-ca/ca.crt",
     ] {
         assert!(

@@ -6,9 +6,17 @@
 //! to the objects it holds (so a restarted controller sees what the previous one wrote), records
 //! patches and Events, and keeps watches open: like a real API server it sends a MODIFIED event
 //! for every status patch (same generation, new resourceVersion) and an event for every Secret
-//! a test puts (`put_secret`). Anything else is answered 404 and recorded as unexpected.
+//! a test puts (`put_secret`). It holds Leases (create, read, replace with optimistic
+//! concurrency), so several controllers can elect a leader through it. Anything else is answered
+//! 404 and recorded as unexpected.
+//!
+//! Each controller may have its own identity (a bearer token in its kubeconfig,
+//! `write_kubeconfig_for`): every request is logged with its arrival time and client, and one
+//! client's link can be frozen (`freeze`) — its requests are held unanswered on open connections
+//! and its watch streams go quiet, as when the network silently drops its packets. What a frozen
+//! link sent is never applied: on `unfreeze` those connections are closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,6 +33,48 @@ use serde_json::{Value, json};
 use crate::support::bundlecopy_bin;
 use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
+
+/// One request as it arrived (before any freeze held it).
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub at: Instant,
+    /// The bearer token of the kubeconfig it came with (`write_kubeconfig_for`), or `anonymous`.
+    pub client: String,
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    /// Whether it arrived while its client's link was frozen (and so was never applied).
+    pub held: bool,
+}
+
+impl SeenRequest {
+    /// A request that changes something: status, Events, BundleCopies, Leases.
+    pub fn is_write(&self) -> bool {
+        !matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+
+    pub fn is_lease(&self) -> bool {
+        self.path.contains("/leases")
+    }
+}
+
+impl std::fmt::Display for SeenRequest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{} {} {}{}{}",
+            self.client,
+            self.method,
+            self.path,
+            if self.query.is_empty() { "" } else { "?" },
+            self.query
+        )?;
+        if self.held {
+            formatter.write_str(" (held)")?;
+        }
+        Ok(())
+    }
+}
 
 /// What the fake API server holds and saw.
 pub struct ApiState {
@@ -44,8 +94,14 @@ pub struct ApiState {
     pub unexpected: Vec<String>,
     /// Status-patch echoes sent to at least one open BundleCopy watch.
     pub echoes_delivered: usize,
+    /// Leases by name.
+    pub leases: BTreeMap<String, Value>,
+    /// Every request, in order of arrival.
+    pub requests: Vec<SeenRequest>,
     /// resourceVersion of the last write.
     resource_version: u64,
+    /// Clients whose link is frozen.
+    frozen: tokio::sync::watch::Sender<BTreeSet<String>>,
     /// Watch events (`{"type", "object"}`) for open BundleCopy and Secret watches.
     bundle_copy_watch: tokio::sync::broadcast::Sender<Value>,
     secret_watch: tokio::sync::broadcast::Sender<Value>,
@@ -63,7 +119,10 @@ impl Default for ApiState {
             bundle_copy_reads: 0,
             unexpected: Vec::new(),
             echoes_delivered: 0,
+            leases: BTreeMap::new(),
+            requests: Vec::new(),
             resource_version: 100,
+            frozen: tokio::sync::watch::channel(BTreeSet::new()).0,
             bundle_copy_watch: tokio::sync::broadcast::channel(4096).0,
             secret_watch: tokio::sync::broadcast::channel(64).0,
         }
@@ -85,6 +144,14 @@ impl ApiState {
         self.patches_of(name)
             .last()
             .and_then(|status| ready_of(status))
+    }
+
+    /// The requests `client` sent, in order.
+    pub fn requests_of(&self, client: &str) -> Vec<&SeenRequest> {
+        self.requests
+            .iter()
+            .filter(|request| request.client == client)
+            .collect()
     }
 
     /// Whether an Event with `reason` regarding `name` was written.
@@ -136,7 +203,7 @@ impl FakeApiServer {
                 let namespace = served_namespace.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        handle(request, namespace.clone(), state.clone())
+                        answer_unless_frozen(request, namespace.clone(), state.clone())
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -185,22 +252,111 @@ impl FakeApiServer {
 
     /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
     pub fn write_kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.write_kubeconfig_to(dir.join("kubeconfig"), "user: {}", &self.url)
+    }
+
+    /// A kubeconfig (in `dir`) for one of several controllers: its requests are logged as
+    /// `client`, and `freeze(client)` freezes its link.
+    pub fn write_kubeconfig_for(&self, dir: &std::path::Path, client: &str) -> PathBuf {
+        self.write_kubeconfig_via(dir, client, &self.url)
+    }
+
+    /// As `write_kubeconfig_for`, reaching this server through `server` (a relay in between).
+    pub fn write_kubeconfig_via(
+        &self,
+        dir: &std::path::Path,
+        client: &str,
+        server: &str,
+    ) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{client}"));
+        self.write_kubeconfig_to(path, &format!("user:\n    token: {client}"), server)
+    }
+
+    fn write_kubeconfig_to(&self, path: PathBuf, user: &str, server: &str) -> PathBuf {
         let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+             users:\n- name: fake\n  {user}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {}\n\
              current-context: fake\n",
-            self.url, self.namespace
+            self.namespace
         );
         std::fs::write(&path, config).unwrap();
         path
     }
+
+    /// From now on `client`'s requests get no answer and its watches go quiet; the connections
+    /// stay open. Returns when the freeze began.
+    pub fn freeze(&self, client: &str) -> Instant {
+        let state = self.state.lock().unwrap();
+        state.frozen.send_modify(|frozen| {
+            frozen.insert(client.to_string());
+        });
+        Instant::now()
+    }
+
+    /// Ends the freeze: what `client` sent meanwhile is dropped with its connections (the
+    /// packets were lost), its watches deliver again, and new requests are answered.
+    pub fn unfreeze(&self, client: &str) {
+        let state = self.state.lock().unwrap();
+        state.frozen.send_modify(|frozen| {
+            frozen.remove(client);
+        });
+    }
+}
+
+/// Why a frozen client's connection was closed: what it sent is lost.
+#[derive(Debug)]
+struct LinkWasFrozen;
+
+impl std::fmt::Display for LinkWasFrozen {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("the link was frozen; the request was dropped")
+    }
+}
+
+impl std::error::Error for LinkWasFrozen {}
+
+/// Logs the request, holds it while its client's link is frozen (then drops it), and otherwise
+/// answers it.
+async fn answer_unless_frozen(
+    request: Request<Incoming>,
+    namespace: String,
+    state: Arc<Mutex<ApiState>>,
+) -> Result<Response<ResponseBody>, LinkWasFrozen> {
+    let client = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("anonymous")
+        .to_string();
+    let mut frozen = {
+        let mut state = state.lock().unwrap();
+        let frozen = state.frozen.subscribe();
+        let held = frozen.borrow().contains(&client);
+        state.requests.push(SeenRequest {
+            at: Instant::now(),
+            client: client.clone(),
+            method: request.method().clone(),
+            path: request.uri().path().to_string(),
+            query: request.uri().query().unwrap_or_default().to_string(),
+            held,
+        });
+        frozen
+    };
+    if frozen.borrow().contains(&client) {
+        let _ = frozen.wait_for(|frozen| !frozen.contains(&client)).await;
+        return Err(LinkWasFrozen);
+    }
+    let Ok(response) = handle(request, namespace, state, client, frozen).await;
+    Ok(response)
 }
 
 async fn handle(
     request: Request<Incoming>,
     namespace: String,
     state: Arc<Mutex<ApiState>>,
+    client: String,
+    frozen: tokio::sync::watch::Receiver<BTreeSet<String>>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -220,6 +376,7 @@ async fn handle(
         format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{namespace}/bundlecopies");
     let secrets = format!("/api/v1/namespaces/{namespace}/secrets");
     let events = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases");
 
     if method == Method::GET && (path == bundle_copies || path == secrets) && watching {
         let receiver = {
@@ -230,23 +387,28 @@ async fn handle(
                 state.secret_watch.subscribe()
             }
         };
-        // Open until the test ends; one JSON line per event.
-        let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(event) => {
-                        let mut line = serde_json::to_vec(&event).unwrap();
-                        line.push(b'\n');
-                        return Some((
-                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
-                            receiver,
-                        ));
+        // Open until the test ends; one JSON line per event, none while the link is frozen.
+        let watcher = (receiver, frozen, client);
+        let events = futures_util::stream::unfold(
+            watcher,
+            |(mut receiver, mut frozen, client)| async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(event) => {
+                            let _ = frozen.wait_for(|frozen| !frozen.contains(&client)).await;
+                            let mut line = serde_json::to_vec(&event).unwrap();
+                            line.push(b'\n');
+                            return Some((
+                                Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                                (receiver, frozen, client),
+                            ));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-            }
-        });
+            },
+        );
         return Ok(Response::builder()
             .status(StatusCode::OK)
             .header("content-type", "application/json")
@@ -339,12 +501,67 @@ async fn handle(
             state.events.push(body.clone());
             json_response(StatusCode::OK, &body)
         }
+        (Method::GET, p) if p.starts_with(&format!("{leases}/")) => {
+            match state.leases.get(&p[leases.len() + 1..]) {
+                Some(lease) => json_response(StatusCode::OK, lease),
+                None => not_found(&format!("leases {:?}", &p[leases.len() + 1..])),
+            }
+        }
+        (Method::POST, p) if p == leases => {
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if state.leases.contains_key(&name) {
+                conflict("AlreadyExists", &format!("leases {name:?} already exists"))
+            } else {
+                state.resource_version += 1;
+                let mut lease = body.clone();
+                lease["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                lease["metadata"]["namespace"] = json!(namespace);
+                state.leases.insert(name, lease.clone());
+                json_response(StatusCode::CREATED, &lease)
+            }
+        }
+        (Method::PUT, p) if p.starts_with(&format!("{leases}/")) => {
+            let name = p[leases.len() + 1..].to_string();
+            let current = state
+                .leases
+                .get(&name)
+                .map(|lease| lease["metadata"]["resourceVersion"].clone());
+            match current {
+                None => not_found(&format!("leases {name:?}")),
+                // Optimistic concurrency: a replace must carry the version it read.
+                Some(version) if version != body["metadata"]["resourceVersion"] => conflict(
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on leases {name:?}: the object has been modified"
+                    ),
+                ),
+                Some(_) => {
+                    state.resource_version += 1;
+                    let mut lease = body.clone();
+                    lease["metadata"]["resourceVersion"] =
+                        json!(state.resource_version.to_string());
+                    state.leases.insert(name, lease.clone());
+                    json_response(StatusCode::OK, &lease)
+                }
+            }
+        }
         _ => {
             state.unexpected.push(format!("{method} {path}?{query}"));
             not_found(&path)
         }
     };
     Ok(response)
+}
+
+fn conflict(reason: &str, message: &str) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::CONFLICT,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": reason, "code": 409, "message": message}),
+    )
 }
 
 /// The real `bundlecopy controller` binary, against a kubeconfig; killed when dropped.
@@ -409,7 +626,19 @@ impl ControllerProcess {
         }
     }
 
-    /// Waits for `/readyz`.
+    /// `(status code, body)` of a GET of `path` on the health server; `(0, "")` when it does not
+    /// answer.
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.metrics_addr);
+        match reqwest::get(&url).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
     /// Polls `condition` until it holds; panics with `what` (called for the message) and the
     /// log when `within` passes or the process exits first.
     pub async fn wait_until(
@@ -431,6 +660,7 @@ impl ControllerProcess {
         }
     }
 
+    /// Waits for `/readyz`.
     pub async fn wait_ready(&mut self, within: Duration) {
         let url = format!("http://{}/readyz", self.metrics_addr);
         let deadline = Instant::now() + within;

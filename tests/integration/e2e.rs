@@ -31,7 +31,8 @@ use bundlecopy::controller::reconcile::validate;
 use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
 use crate::support::registry::{TEST_PASSWORD, TEST_USERNAME, free_port};
 use crate::support::{
-    BundleSpec, PushedBundle, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle,
+    BundleSpec, Fault, FaultProxy, PathKind, PushedBundle, RegistryKind, Rule, TestRegistry,
+    assert_bundle_copied, push_bundle,
 };
 
 const FIELD_MANAGER: &str = "bundlecopy-e2e";
@@ -355,6 +356,15 @@ impl ControllerProcess {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Sends `signal` (SIGSTOP freezes the whole process, clocks and all; SIGCONT resumes it).
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("a running process");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) with the pid of our own child process.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal})");
     }
 
     /// SIGTERM, then up to 20 s for a graceful exit; returns whether it exited successfully.
@@ -1417,6 +1427,21 @@ async fn run_with_chart_rbac(
 /// True, the destination holds the digest, and the `Copied` Event comes from the new leader.
 #[tokio::test]
 async fn e2e_leader_election_hands_over_on_a_real_cluster() {
+    run_two_operators(LeaderScenario::HandOver).await;
+}
+
+/// The two-operator scenarios on a real cluster.
+#[derive(Clone, Copy)]
+enum LeaderScenario {
+    /// `hand_over`: the leader stops with SIGTERM while its source registry is down.
+    HandOver,
+    /// `freeze_the_leader`: the leader is frozen with SIGSTOP mid-copy.
+    Freeze,
+}
+
+/// Pushes a bundle, makes a namespace and runs `scenario` with two operators there, cleaning up
+/// (namespace, processes, the release's RBAC) whatever the outcome.
+async fn run_two_operators(scenario: LeaderScenario) {
     let Some((_one_at_a_time, client)) = cluster().await else {
         return;
     };
@@ -1431,41 +1456,78 @@ async fn e2e_leader_election_hands_over_on_a_real_cluster() {
         &BundleSpec::new("hello", "0.1.0"),
     )
     .await;
-    source.stop();
     apply_crd(&client).await;
     let namespace = unique_namespace();
     create_namespace(&client, &namespace).await;
     let dir = tempfile::tempdir().unwrap();
-    let release = unique_release("le");
     let mut processes: Vec<ControllerProcess> = Vec::new();
-
-    let outcome = AssertUnwindSafe(hand_over(
-        &client,
-        &namespace,
-        &release,
-        (&source, &destination),
-        &pushed,
-        dir.path(),
-        &mut processes,
-    ))
-    .catch_unwind()
-    .await;
-
+    let registries = (&source, &destination);
+    let (release, outcome) = match scenario {
+        LeaderScenario::HandOver => {
+            source.stop();
+            let release = unique_release("le");
+            let run = hand_over(
+                &client,
+                &namespace,
+                &release,
+                registries,
+                &pushed,
+                dir.path(),
+                &mut processes,
+            );
+            let outcome = AssertUnwindSafe(run).catch_unwind().await;
+            (release, outcome)
+        }
+        LeaderScenario::Freeze => {
+            let release = unique_release("fz");
+            let run = freeze_the_leader(
+                &client,
+                &namespace,
+                &release,
+                registries,
+                &pushed,
+                dir.path(),
+                &mut processes,
+            );
+            let outcome = AssertUnwindSafe(run).catch_unwind().await;
+            (release, outcome)
+        }
+    };
     clean_up(&client, &namespace, &mut processes, &[&release], outcome).await;
 }
 
 /// How long a Lease holder that stopped renewing keeps it (`LeaseSettings::duration`).
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
-async fn hand_over(
+/// A BundleCopy between two plain-HTTP registries.
+fn plain_http_copy(namespace: &str, name: &str, source: &str, destination: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {"reference": source, "insecure": true},
+            "destination": {"reference": destination, "insecure": true},
+        },
+    })
+}
+
+/// Two operators started by `elect_one_of_two`: which one leads.
+struct Elected {
+    identities: [String; 2],
+    leader: usize,
+    standby: usize,
+}
+
+/// Installs the chart's RBAC for two replicas (leader election on, the Lease named `release`),
+/// starts two operators with it, and waits until one leads and the other is Ready as a standby,
+/// with `/leaderz`, `bundlecopy_leader` and the Lease agreeing.
+async fn elect_one_of_two(
     client: &Client,
     namespace: &str,
     release: &str,
-    (source, destination): (&TestRegistry, &TestRegistry),
-    pushed: &PushedBundle,
     dir: &Path,
     processes: &mut Vec<ControllerProcess>,
-) {
+) -> Elected {
     // Two replicas: the chart turns leader election on and grants the Lease in the namespace.
     let watch_namespaces = format!("watchNamespaces={{{namespace}}}");
     let lease_name = format!("leaderElection.leaseName={release}");
@@ -1543,16 +1605,36 @@ async fn hand_over(
         Some(identities[leader].as_str())
     );
 
+    Elected {
+        identities,
+        leader,
+        standby,
+    }
+}
+
+async fn hand_over(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    (source, destination): (&TestRegistry, &TestRegistry),
+    pushed: &PushedBundle,
+    dir: &Path,
+    processes: &mut Vec<ControllerProcess>,
+) {
+    let Elected {
+        identities,
+        leader,
+        standby,
+    } = elect_one_of_two(client, namespace, release, dir, processes).await;
+
     // A copy that cannot finish yet: its source registry is down, so the leader fails with
     // Unreachable and retries with backoff.
-    let copy = serde_json::json!({
-        "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
-        "metadata": {"name": "hello-handover", "namespace": namespace},
-        "spec": {
-            "source": {"reference": format!("{}/{SOURCE_REPO}:v1", source.host()), "insecure": true},
-            "destination": {"reference": format!("{}/handover", destination.host()), "insecure": true},
-        },
-    });
+    let copy = plain_http_copy(
+        namespace,
+        "hello-handover",
+        &format!("{}/{SOURCE_REPO}:v1", source.host()),
+        &format!("{}/handover", destination.host()),
+    );
     apply_all(client, namespace, &[copy]).await;
     let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
     wait_for_status(
@@ -1641,6 +1723,147 @@ async fn hand_over(
         processes[standby].stop().await,
         "the new leader did not exit cleanly on SIGTERM:\n{}",
         processes[standby].log_tail()
+    );
+}
+
+/// A leader frozen with SIGSTOP for 30 s while a copy is in flight under it (its source's blob
+/// GETs stalled by a proxy): the standby leads within lease duration + retry period and copies.
+/// The frozen one, resumed, already reports standby — its fence closed on the monotonic clock
+/// while it was stopped — and writes nothing: no Event, no status, no Lease.
+#[tokio::test]
+async fn e2e_leader_frozen_with_sigstop_is_replaced_and_writes_nothing_once_resumed() {
+    run_two_operators(LeaderScenario::Freeze).await;
+}
+
+/// The default retry period: a standby looks at the Lease this often.
+const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+async fn freeze_the_leader(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    (source, destination): (&TestRegistry, &TestRegistry),
+    pushed: &PushedBundle,
+    dir: &Path,
+    processes: &mut Vec<ControllerProcess>,
+) {
+    let source_proxy = FaultProxy::start(source);
+    source_proxy.add_rule(
+        Rule::new(Fault::Stall {
+            duration: Duration::from_secs(20),
+        })
+        .method(http::Method::GET)
+        .kind(PathKind::Blob),
+    );
+    let Elected {
+        identities,
+        leader,
+        standby,
+    } = elect_one_of_two(client, namespace, release, dir, processes).await;
+    let copy = plain_http_copy(
+        namespace,
+        "hello-frozen",
+        &format!("{}/{SOURCE_REPO}:v1", source_proxy.host()),
+        &format!("{}/frozen", destination.host()),
+    );
+    apply_all(client, namespace, &[copy]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while source_proxy.count(&http::Method::GET, PathKind::Blob) == 0 {
+        processes[leader].assert_running("starting the copy");
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not start copying within 60 s:\n{}",
+            processes[leader].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, transitions_before) = lease_holder(client, namespace, release).await;
+
+    // Freeze the leader mid-copy; from now on the source answers at once.
+    processes[leader].signal(libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    source_proxy.clear_rules();
+    let bound = LEASE_DURATION + RETRY_PERIOD;
+    loop {
+        processes[standby].assert_running("taking over");
+        if processes[standby].leads().await {
+            break;
+        }
+        assert!(
+            frozen_at.elapsed() < bound,
+            "the standby did not lead within {bound:?} of the leader freezing:\n{}",
+            processes[standby].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the standby led {:?} after SIGSTOP", frozen_at.elapsed());
+    let bundle_copies: Api<BundleCopy> = Api::namespaced(client.clone(), namespace);
+    let ready = wait_for_ready(&bundle_copies, "hello-frozen", |status| status == "True").await;
+    assert_eq!(
+        ready
+            .status
+            .unwrap_or_default()
+            .destination_digest
+            .as_deref(),
+        Some(pushed.index_digest.as_str())
+    );
+    assert_bundle_copied(
+        source,
+        SOURCE_REPO,
+        destination,
+        "frozen/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let event_names =
+        |events: &[Event]| -> Vec<String> { events.iter().map(|event| event.name_any()).collect() };
+    let before_resume = wait_for_event_reasons(&events, "hello-frozen", &["Copied"]).await;
+    let resource_version = bundle_copies
+        .get("hello-frozen")
+        .await
+        .expect("get the BundleCopy")
+        .resource_version();
+
+    // Resume after 30 s of freeze: it knows at once that it does not lead.
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(frozen_at.elapsed())).await;
+    processes[leader].signal(libc::SIGCONT);
+    let answer = processes[leader].get("/leaderz").await;
+    assert_eq!(answer.0, 503, "resumed, the old leader says {answer:?}");
+    tokio::time::sleep(RETRY_PERIOD * 3).await;
+    processes[leader].assert_running("standing by after the freeze");
+    assert_eq!(
+        processes[leader].get("/readyz").await,
+        (200, "standby\n".to_string())
+    );
+    assert!(
+        processes[standby].leads().await,
+        "the new leader still leads"
+    );
+    let (holder, transitions) = lease_holder(client, namespace, release).await;
+    assert_eq!(holder.as_deref(), Some(identities[standby].as_str()));
+    assert_eq!(transitions, transitions_before + 1, "leaseTransitions");
+    // Nothing written since: no new Event from anyone, the object untouched.
+    let after = wait_for_event_reasons(&events, "hello-frozen", &["Copied"]).await;
+    let new_events: Vec<(Option<String>, Option<String>)> = after
+        .iter()
+        .filter(|event| !event_names(&before_resume).contains(&event.name_any()))
+        .map(|event| (event.reason.clone(), event.reporting_instance.clone()))
+        .collect();
+    assert!(
+        new_events.is_empty(),
+        "Events written after the resume: {new_events:?}"
+    );
+    let now = bundle_copies
+        .get("hello-frozen")
+        .await
+        .expect("get the BundleCopy");
+    assert_eq!(
+        now.resource_version(),
+        resource_version,
+        "the BundleCopy was written after the resume: {:?}",
+        now.status
     );
 }
 

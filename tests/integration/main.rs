@@ -7,6 +7,7 @@ mod bad_input;
 mod chart;
 mod controller;
 mod controller_fake_api;
+mod controller_leader;
 mod controller_loop;
 mod controller_malformed;
 mod controller_restart;

@@ -35,6 +35,7 @@
 pub mod bundle;
 pub mod check;
 pub mod client;
+pub mod frozen_link;
 pub mod process;
 pub mod proxy;
 pub mod registry;
