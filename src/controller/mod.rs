@@ -792,4 +792,36 @@ mod tests {
         assert!(bundle_copies_using(&reader, &secret("team-c", "pull")).is_empty());
         assert!(bundle_copies_using(&reader, &secret("team-a", "unrelated")).is_empty());
     }
+
+    /// A Secret watch's first listing triggers nothing (every BundleCopy is reconciled at
+    /// start-up anyway; a second trigger ran a failed object twice in a row); changes, deletions
+    /// and later re-listings do.
+    #[tokio::test]
+    async fn the_first_listing_of_a_watch_is_not_a_change() {
+        let named = |name: &str| PartialObjectMeta::<Secret> {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let events = vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(named("listed-at-start"))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(named("changed"))),
+            Ok(watcher::Event::Delete(named("deleted"))),
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(named("listed-again"))),
+            Ok(watcher::Event::InitDone),
+        ];
+        let changed: Vec<String> = changed_objects(futures_util::stream::iter(events))
+            .map(|object| object.map(|o| o.metadata.name.unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(changed, ["changed", "deleted", "listed-again"]);
+    }
 }

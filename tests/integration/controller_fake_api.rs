@@ -96,6 +96,9 @@ pub struct ApiState {
     pub echoes_delivered: usize,
     /// Leases by name.
     pub leases: BTreeMap<String, Value>,
+    /// How long a (non-watch) list of Secrets takes to answer: on a real API server the Secret
+    /// listing may arrive well after the first reconciles have run.
+    pub secret_list_delay: Duration,
     /// Every request, in order of arrival.
     pub requests: Vec<SeenRequest>,
     /// resourceVersion of the last write.
@@ -120,6 +123,7 @@ impl Default for ApiState {
             unexpected: Vec::new(),
             echoes_delivered: 0,
             leases: BTreeMap::new(),
+            secret_list_delay: Duration::ZERO,
             requests: Vec::new(),
             resource_version: 100,
             frozen: tokio::sync::watch::channel(BTreeSet::new()).0,
@@ -416,6 +420,10 @@ async fn handle(
             .unwrap());
     }
 
+    if method == Method::GET && path == secrets {
+        let delay = state.lock().unwrap().secret_list_delay;
+        tokio::time::sleep(delay).await;
+    }
     let mut state = state.lock().unwrap();
     let response = match (method.clone(), path.as_str()) {
         (Method::GET, p) if p == bundle_copies => {

@@ -7,7 +7,7 @@
 //! relay in front of it (`support::frozen_link`). The leader must stop leading by its renew
 //! deadline plus one retry period, send no write after its deadline, and leave the copies to `b`,
 //! which takes over once the lease runs out; a freeze shorter than the renew deadline must change
-//! nothing.
+//! nothing. And a new leader tries an object whose last attempt failed once, not twice.
 //!
 //! `cargo nextest run --test integration controller_leader`
 
@@ -442,4 +442,73 @@ async fn controller_leader_keeps_leading_through_a_freeze_shorter_than_the_renew
 #[tokio::test]
 async fn controller_leader_keeps_leading_through_a_short_network_freeze() {
     a_short_freeze_keeps_the_leader(Freeze::InTheNetwork).await;
+}
+
+/// A new leader (here: a controller starting) finds an object whose last attempt failed and
+/// whose spec names a Secret: it tries the copy once, then waits its backoff. The Secret watch's
+/// first listing used to trigger a second attempt right after the first.
+#[tokio::test]
+async fn controller_leader_a_new_leader_tries_a_failed_object_once() {
+    use base64::Engine as _;
+    // Nothing listens here: every attempt fails with Unreachable.
+    let unreachable = format!("127.0.0.1:{}", crate::support::registry::free_port());
+    let failed_status = json!({
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Unreachable", "observedGeneration": 1,
+             "message": "earlier leader", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Stalled", "status": "False", "reason": "Unreachable", "observedGeneration": 1,
+             "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ],
+    });
+    let spec = json!({
+        "source": {"reference": format!("{unreachable}/app:v1"), "insecure": true,
+                   "credentials": [{"name": "pull"}]},
+        "destination": {"reference": format!("{unreachable}/mirror"), "insecure": true},
+    });
+    let mut state = ApiState::default();
+    state.objects.insert(
+        "flaky".into(),
+        bundle_copy_object(NAMESPACE, "flaky", 1, spec, Some(failed_status)),
+    );
+    let config = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"auths":{"elsewhere.example":{"auth":"dTpw"}}}"#);
+    state.secrets.insert(
+        "pull".into(),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "pull", "namespace": NAMESPACE, "resourceVersion": "1"},
+               "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": config}}),
+    );
+    // The Secrets are listed after the first attempt has failed, as a real API server may.
+    state.secret_list_delay = Duration::from_secs(2);
+    let api = FakeApiServer::start(NAMESPACE, state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let mut controller =
+        ControllerProcess::start(&kubeconfig, NAMESPACE, dir.path(), "controller.log", &[]);
+    let count = |reason: &str| {
+        let state = api.state.lock().unwrap();
+        state
+            .events
+            .iter()
+            .filter(|event| event["regarding"]["name"] == "flaky" && event["reason"] == reason)
+            .count()
+    };
+    controller
+        .wait_until(
+            Duration::from_secs(60),
+            || count("CopyFailed") >= 1,
+            || "no CopyFailed".to_string(),
+        )
+        .await;
+    // Past the Secret listing, well inside the first backoff (5 s): one attempt only.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        (count("CopyStarted"), count("CopyFailed")),
+        (1, 1),
+        "attempts at start-up:\n{}",
+        controller.log()
+    );
+    let (ready, reason) = api.state.lock().unwrap().last_ready("flaky").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "Unreachable"));
 }
