@@ -10,18 +10,21 @@ WORKDIR /build
 
 # Dependency layer: build every dependency against stub sources, so that a change to the project's own
 # code does not rebuild (or re-download) them. Each target path named in Cargo.toml gets a stub, because
-# cargo refuses a manifest whose declared targets are missing.
+# cargo refuses a manifest whose declared targets are missing; so does the engine crate of the workspace.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/engine/Cargo.toml crates/engine/
 RUN mkdir -p src \
-    && for target_path in $(sed -n 's/^path *= *"\(.*\)"/\1/p' Cargo.toml) src/main.rs src/lib.rs; do \
+    && for target_path in $(sed -n 's/^path *= *"\(.*\)"/\1/p' Cargo.toml) src/main.rs src/lib.rs crates/engine/src/lib.rs; do \
          mkdir -p "$(dirname "$target_path")" && echo 'fn main() {}' > "$target_path"; \
        done \
     && cargo build --release --locked --bin bundlecopy \
-    && rm -rf src
+    && rm -rf src crates/engine/src
 
-# The real build. Sources get a fresh mtime so cargo does not mistake the stub build for an up-to-date one.
+# The real build: the engine crate, then the binary's sources. They get a fresh mtime so cargo does not
+# mistake the stub build for an up-to-date one.
+COPY crates ./crates
 COPY src ./src
-RUN find src -type f -exec touch {} + \
+RUN find src crates -type f -exec touch {} + \
     && cargo build --release --locked --bin bundlecopy \
     && cp target/release/bundlecopy /bundlecopy
 

@@ -1,25 +1,7 @@
-//! bundlecopy: copy Porter (CNAB) bundles between OCI registries.
-//!
-//! The copy engine (`reference`, `credentials`, `registry`, `bundle`, `copy`) knows nothing of
-//! Kubernetes; the operator (`api`, `controller`) knows nothing of HTTP.
+//! bundlecopy: copy Porter (CNAB) bundles between OCI registries. The copy engine is its own
+//! crate (`bundlecopy-engine`, in crates/engine) and knows nothing of Kubernetes or a command
+//! line; this crate holds its two front ends: the CLI (`cli`) and the operator (`operator`).
+//! docs/architecture.md describes the layers.
 
-pub mod api;
-pub mod bundle;
 pub mod cli;
-pub mod controller;
-pub mod copy;
-pub mod credentials;
-pub mod error;
-pub mod http;
-pub mod metrics;
-pub mod reference;
-pub mod registry;
-
-pub use copy::{CopyOutcome, CopyRequest, EndpointOptions, Progress, ProgressSnapshot};
-pub use error::{CopyError, Reason, Side};
-
-/// Install ring as the process-wide rustls crypto provider. Every TLS client in this process
-/// (registry and Kubernetes) uses it; calling twice is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub mod operator;

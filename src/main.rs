@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use bundlecopy::cli::{self, CopyArgs, InspectArgs};
-use bundlecopy::controller::{self, ControllerArgs};
+use bundlecopy::operator::{self, args::ControllerArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,10 +52,10 @@ fn init_cli_logging(filter: Option<&str>) {
 fn main() -> ExitCode {
     let args = Cli::parse();
     if let Command::Crd = args.command {
-        print!("{}", bundlecopy::api::crd_yaml());
+        print!("{}", bundlecopy::operator::crd::crd_yaml());
         return ExitCode::SUCCESS;
     }
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     // A copy is I/O and hashing on a handful of streams: one thread does it with less CPU than a
     // pool whose threads compete with the registries; the controller serves many objects at once.
     let mut builder = match args.command {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 cli::run_inspect(inspect).await.map_err(|e| e.message)
             }
             // The controller sets up its own logging (text or JSON).
-            Command::Controller(controller) => controller::run(controller)
+            Command::Controller(controller) => operator::run(controller)
                 .await
                 .map_err(|e| format!("{e:#}")),
             Command::Crd => Ok(()),

@@ -2,7 +2,7 @@
 //! arbitrary bytes: no panic.
 #![no_main]
 
-use bundlecopy::bundle::{
+use bundlecopy_engine::bundle::{
     BundleIndex, BundleJson, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
     Parsed, bundle_images, bundle_json_descriptor, relocation_map,
 };

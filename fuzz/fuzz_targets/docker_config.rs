@@ -2,7 +2,7 @@
 //! arbitrary bytes: no panic, and no error message quotes the input.
 #![no_main]
 
-use bundlecopy::credentials::DockerConfig;
+use bundlecopy_engine::credentials::DockerConfig;
 use libfuzzer_sys::fuzz_target;
 
 const HOSTS: [(&str, &str); 5] = [

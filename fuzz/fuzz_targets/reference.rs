@@ -2,7 +2,7 @@
 //! parsed reference re-parses to itself.
 #![no_main]
 
-use bundlecopy::reference::{Reference, derive_destination};
+use bundlecopy_engine::reference::{Reference, derive_destination};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use bundlecopy::api::BundleCopy;
-use bundlecopy::controller::decide::{PERMANENT_RETRY, TRANSIENT_BACKOFF_BASE};
-use bundlecopy::controller::{Context, reconcile};
-use bundlecopy::copy::{EndpointOptions, EngineSettings, Progress, copy_bundle};
-use bundlecopy::credentials::DockerConfig as EngineDockerConfig;
-use bundlecopy::metrics::Metrics;
-use bundlecopy::{CopyError, Reason};
+use bundlecopy::operator::context::Context;
+use bundlecopy::operator::crd::BundleCopy;
+use bundlecopy::operator::decide::{PERMANENT_RETRY, TRANSIENT_BACKOFF_BASE};
+use bundlecopy::operator::metrics::Metrics;
+use bundlecopy::operator::reason::Reason;
+use bundlecopy::operator::reconcile::reconcile;
+use bundlecopy_engine::CopyError;
+use bundlecopy_engine::credentials::DockerConfig as EngineDockerConfig;
+use bundlecopy_engine::{EndpointOptions, EngineSettings, Progress, copy_bundle};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
 
@@ -233,7 +235,11 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         let error = bounded(&what, copy_bundle(&request, &Progress::default()))
             .await
             .unwrap_err();
-        assert_eq!(error.reason(), Reason::InvalidSpec, "{what}: {error}");
+        assert_eq!(
+            Reason::from(error.kind()),
+            Reason::InvalidSpec,
+            "{what}: {error}"
+        );
         assert!(error.to_string().contains(row.fact), "{what}: {error}");
 
         let (code, stdout, stderr, elapsed) =
@@ -248,7 +254,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         report(
             &mut rows,
             &format!("{}: {}", row.side, row.input),
-            Some(error.reason()),
+            Some(Reason::from(error.kind())),
             &line,
         );
     }
@@ -288,7 +294,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         let parsed = EngineDockerConfig::parse_config_json(json.as_bytes())
             .expect_err(&format!("{what}: accepted"));
         let error = CopyError::InvalidCredentials(parsed.to_string());
-        assert_eq!(error.reason(), Reason::InvalidSecret);
+        assert_eq!(Reason::from(error.kind()), Reason::InvalidSecret);
         assert!(error.to_string().contains(fact), "{what}: {error}");
         assert!(!error.to_string().contains(secretish), "{what}: {error}");
 
@@ -306,7 +312,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
             "{what}: {line}"
         );
         assert!(!line.contains(secretish), "{what}: {line}");
-        report(&mut rows, what, Some(error.reason()), &line);
+        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
     }
 
     // Credentials only for other hosts, against a registry that needs them.
@@ -328,7 +334,11 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
     let error = bounded("others", copy_bundle(&request, &Progress::default()))
         .await
         .unwrap_err();
-    assert_eq!(error.reason(), Reason::AuthenticationFailed, "{error}");
+    assert_eq!(
+        Reason::from(error.kind()),
+        Reason::AuthenticationFailed,
+        "{error}"
+    );
     let dir = config_dir(&others);
     let (code, _, stderr, _) = cli(copy_args(
         &pushed.reference,
@@ -345,7 +355,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
     report(
         &mut rows,
         "credentials only for other hosts",
-        Some(error.reason()),
+        Some(Reason::from(error.kind())),
         &line,
     );
 
@@ -378,7 +388,11 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         let error = bounded(what, copy_bundle(&request, &Progress::default()))
             .await
             .unwrap_err();
-        assert_eq!(error.reason(), Reason::InvalidSecret, "{what}: {error}");
+        assert_eq!(
+            Reason::from(error.kind()),
+            Reason::InvalidSecret,
+            "{what}: {error}"
+        );
         let config = auth.docker_config_dir();
         let (code, _, stderr, _) = cli(copy_args(
             &pushed.reference,
@@ -392,7 +406,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
             line.contains(fact) && line.contains("--destination-ca-file"),
             "{what}: {line}"
         );
-        report(&mut rows, what, Some(error.reason()), &line);
+        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
     }
     let (code, _, stderr, _) = cli(copy_args(
         &pushed.reference,
@@ -429,7 +443,11 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         let error = bounded(what, copy_bundle(&request, &Progress::default()))
             .await
             .unwrap_err();
-        assert_eq!(error.reason(), Reason::NotABundle, "{what}: {error}");
+        assert_eq!(
+            Reason::from(error.kind()),
+            Reason::NotABundle,
+            "{what}: {error}"
+        );
         assert!(error.to_string().contains(fact), "{what}: {error}");
         let (code, _, stderr, _) = cli(copy_args(
             &source,
@@ -440,7 +458,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         .await;
         let line = single_error_line(what, code, &stderr);
         assert!(line.contains(fact), "{what}: {line}");
-        report(&mut rows, what, Some(error.reason()), &line);
+        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
     }
     // Nothing was written by any of the failures.
     assert!(

@@ -19,10 +19,11 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
 
-use bundlecopy::api::{BundleCopy, BundleCopyStatus};
-use bundlecopy::controller::{Context, reconcile};
-use bundlecopy::copy::EngineSettings;
-use bundlecopy::metrics::Metrics;
+use bundlecopy::operator::context::Context;
+use bundlecopy::operator::crd::{BundleCopy, BundleCopyStatus};
+use bundlecopy::operator::metrics::Metrics;
+use bundlecopy::operator::reconcile::reconcile;
+use bundlecopy_engine::EngineSettings;
 
 use crate::support::{
     BundleSpec, PushedBundle, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle,
@@ -922,9 +923,9 @@ async fn controller_reports_progress_during_a_copy_and_metrics_are_scraped() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let app = bundlecopy::http::router(
+    let app = bundlecopy::operator::health::router(
         context.metrics.clone(),
-        bundlecopy::http::Readiness::default(),
+        bundlecopy::operator::health::Readiness::default(),
     );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 

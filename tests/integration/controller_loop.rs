@@ -21,9 +21,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tower_test::mock::Handle;
 
-use bundlecopy::controller::{Context, controller_stream};
-use bundlecopy::copy::EngineSettings;
-use bundlecopy::metrics::Metrics;
+use bundlecopy::operator::context::Context;
+use bundlecopy::operator::metrics::Metrics;
+use bundlecopy::operator::watch::controller_stream;
+use bundlecopy_engine::EngineSettings;
 
 use crate::support::registry::free_port;
 
@@ -202,7 +203,7 @@ fn not_found(name: &str) -> Value {
 
 #[tokio::test]
 async fn controller_loop_reconciles_on_spec_and_secret_changes_only() {
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     // A registry address where nothing listens: copies fail fast with Unreachable.
     let registry = format!("127.0.0.1:{}", free_port());
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<TestBody>>();

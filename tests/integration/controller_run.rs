@@ -19,7 +19,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use bundlecopy::controller::ControllerArgs;
+use bundlecopy::operator::args::ControllerArgs;
 
 use crate::controller_fake_api::{ResponseBody, json_response, not_found};
 use crate::support::process::{spawn_tied_to_test_process, terminate};
@@ -44,7 +44,7 @@ async fn controller_run_child() {
     let argv: Vec<String> = serde_json::from_str(&argv).unwrap();
     let cli =
         ChildCli::try_parse_from(std::iter::once("controller".to_string()).chain(argv)).unwrap();
-    bundlecopy::controller::run(cli.args)
+    bundlecopy::operator::run(cli.args)
         .await
         .expect("the controller ends cleanly");
 }
@@ -568,7 +568,7 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
 /// and cleanly, without waiting for the API server's timeouts.
 #[tokio::test]
 async fn controller_run_is_starting_until_the_api_server_answers() {
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     // An API server that accepts connections and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());

@@ -18,10 +18,10 @@ use http::Method;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
-use bundlecopy::api::BundleCopySpec;
-use bundlecopy::controller::reconcile::validate;
-use bundlecopy::controller::status::{Phase, next_status};
-use bundlecopy::copy::{EndpointOptions, Progress, copy_bundle};
+use bundlecopy::operator::crd::BundleCopySpec;
+use bundlecopy::operator::status::{Phase, next_status};
+use bundlecopy::operator::validate::validate;
+use bundlecopy_engine::{EndpointOptions, Progress, copy_bundle};
 
 use crate::controller_fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::faults::{copy_request, fast_settings, proxied};

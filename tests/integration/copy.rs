@@ -3,9 +3,9 @@
 //! every manifest and blob of the bundle under the source's digest.
 //! `cargo test --test integration copy_`
 
-use bundlecopy::copy::{CopyOutcome, CopyRequest, EndpointOptions, Progress, copy_bundle};
-use bundlecopy::credentials::DockerConfig;
-use bundlecopy::{CopyError, Reason, Side};
+use bundlecopy_engine::credentials::DockerConfig;
+use bundlecopy_engine::{CopyError, ErrorKind, Side};
+use bundlecopy_engine::{CopyOutcome, CopyRequest, EndpointOptions, Progress, copy_bundle};
 
 use crate::support::bundle::ConfigManifestForm;
 use crate::support::{
@@ -32,7 +32,7 @@ fn request(
     src: EndpointOptions,
     dst: EndpointOptions,
 ) -> CopyRequest {
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     CopyRequest {
         source,
         destination,
@@ -380,7 +380,7 @@ async fn copy_refuses_a_different_bundle_at_the_tag_unless_forced() {
         endpoint(&dst),
     );
     let error = copy(&req).await.unwrap_err();
-    assert_eq!(error.reason(), Reason::DestinationExists, "{error}");
+    assert_eq!(error.kind(), ErrorKind::DestinationExists, "{error}");
     assert!(error.to_string().contains(&first.index_digest), "{error}");
     // Nothing changed at the destination.
     assert_bundle_copied(
@@ -504,7 +504,7 @@ async fn copy_by_digest_needs_a_tagged_destination() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::InvalidSpec, "{error}");
+    assert_eq!(error.kind(), ErrorKind::InvalidSpec, "{error}");
     assert!(error.to_string().contains("tag"), "{error}");
     copy(&request(
         by_digest,
@@ -543,7 +543,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::NotABundle, "{error}");
+    assert_eq!(error.kind(), ErrorKind::NotABundle, "{error}");
 
     // A missing tag.
     let error = copy(&request(
@@ -554,7 +554,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::SourceNotFound, "{error}");
+    assert_eq!(error.kind(), ErrorKind::SourceNotFound, "{error}");
     assert_eq!(error.side(), Some(Side::Source));
 
     // A wrong password, for Basic and for token auth; the password never shows.
@@ -577,7 +577,7 @@ async fn copy_failures_have_their_reasons() {
         ))
         .await
         .unwrap_err();
-        assert_eq!(error.reason(), Reason::AuthenticationFailed, "{error}");
+        assert_eq!(error.kind(), ErrorKind::AuthenticationFailed, "{error}");
         assert_eq!(error.side(), Some(Side::Destination));
         assert!(!error.to_string().contains("Wrong-Pa55word"), "{error}");
     }
@@ -592,7 +592,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::AuthenticationFailed, "{error}");
+    assert_eq!(error.kind(), ErrorKind::AuthenticationFailed, "{error}");
 
     // An untrusted certificate: a CA that did not sign it, and a TLS registry reached as loopback
     // plain HTTP without insecure or a CA.
@@ -614,7 +614,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::TLSError, "{error}");
+    assert_eq!(error.kind(), ErrorKind::Tls, "{error}");
     assert!(error.to_string().contains("not trusted"), "{error}");
     let mut no_ca = endpoint(&tls);
     no_ca.ca_pem = None;
@@ -626,7 +626,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::TLSError, "{error}");
+    assert_eq!(error.kind(), ErrorKind::Tls, "{error}");
 
     // Nothing listening.
     let error = copy(&request(
@@ -637,7 +637,7 @@ async fn copy_failures_have_their_reasons() {
     ))
     .await
     .unwrap_err();
-    assert_eq!(error.reason(), Reason::Unreachable, "{error}");
+    assert_eq!(error.kind(), ErrorKind::Unreachable, "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

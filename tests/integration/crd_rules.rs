@@ -4,9 +4,8 @@
 //! server as dry-run creates.
 //! `cargo test --test integration crd_rules`
 
-use bundlecopy::api::{BundleCopy, BundleCopySpec};
-use bundlecopy::controller::reconcile::validate;
-use kube::CustomResourceExt;
+use bundlecopy::operator::crd::BundleCopySpec;
+use bundlecopy::operator::validate::validate;
 use serde_json::{Value, json};
 
 /// One spec and whether the API server admits it (by the CRD's CEL rules).
@@ -84,7 +83,7 @@ pub fn rule_cases() -> Vec<RuleCase> {
 
 /// `(rule)` of the generated CRD at `spec` and at `spec.interval`, with where each applies.
 fn cel_rules() -> Vec<(&'static str, String)> {
-    let crd = serde_json::to_value(BundleCopy::crd()).unwrap();
+    let crd = serde_json::to_value(bundlecopy::operator::crd::crd()).unwrap();
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let at = |path: &'static str, schema: &Value| {
         schema["x-kubernetes-validations"]

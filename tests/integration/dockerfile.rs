@@ -243,8 +243,8 @@ fn build_is_locked_release_of_the_cargo_binary() {
 
 #[test]
 fn sources_need_nothing_outside_src_to_build() {
-    // The image's build context holds only Cargo.toml, Cargo.lock and src/ (.dockerignore); a source that
-    // includes a file from elsewhere would build here and fail in `docker build`.
+    // The image's build context holds only Cargo.toml, Cargo.lock, crates/ and src/ (.dockerignore); a
+    // source that includes a file from elsewhere would build here and fail in `docker build`.
     fn visit(dir: &Path, offenders: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).expect("read src") {
             let path = entry.expect("dir entry").path();
@@ -263,9 +263,19 @@ fn sources_need_nothing_outside_src_to_build() {
         }
     }
     let mut offenders = Vec::new();
-    visit(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut offenders,
+    for sources in ["src", "crates"] {
+        visit(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(sources),
+            &mut offenders,
+        );
+    }
+    // Every crate of the workspace is copied into the image.
+    let dockerfile = repository_file("Dockerfile");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|line| line.trim() == "COPY crates ./crates"),
+        "the Dockerfile copies the workspace's crates"
     );
     assert!(
         offenders.is_empty(),

@@ -25,8 +25,8 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
-use bundlecopy::api::{BundleCopy, BundleCopySpec, BundleCopyStatus};
-use bundlecopy::controller::reconcile::validate;
+use bundlecopy::operator::crd::{BundleCopy, BundleCopySpec, BundleCopyStatus};
+use bundlecopy::operator::validate::validate;
 
 use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
 use crate::support::registry::{TEST_PASSWORD, TEST_USERNAME, free_port};
@@ -138,10 +138,9 @@ fn e2e_examples_are_valid_resources() {
 /// What the suite applies as the CRD parses into the CRD the code generates.
 #[test]
 fn e2e_committed_crd_is_the_generated_one() {
-    use kube::CustomResourceExt;
     let text = std::fs::read_to_string(CRD_FILE).unwrap();
     let committed: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
-    assert_eq!(committed, BundleCopy::crd());
+    assert_eq!(committed, bundlecopy::operator::crd::crd());
 }
 
 fn copy_secret_names(spec: &BundleCopySpec) -> Vec<String> {
@@ -231,7 +230,7 @@ async fn cluster() -> Option<(tokio::sync::MutexGuard<'static, ()>, Client)> {
         return None;
     }
     let guard = CLUSTER.lock().await;
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     let client = Client::try_default()
         .await
         .expect("a client for the cluster in KUBECONFIG");
@@ -836,8 +835,7 @@ async fn e2e_filled_secrets_are_usable() {
             .find(|d| d["metadata"]["name"] == "registry-push")
             .unwrap();
         let config =
-            bundlecopy::controller::secrets::registry_credentials(&as_secret(push), "test")
-                .unwrap();
+            bundlecopy::operator::secrets::registry_credentials(&as_secret(push), "test").unwrap();
         let found = config.lookup(&registries.auth.host(), "team/hello");
         assert_eq!(found.len(), 1, "{password:?}");
         let shown = format!("{:?}", push["stringData"][".dockerconfigjson"]);
@@ -850,9 +848,8 @@ async fn e2e_filled_secrets_are_usable() {
             .iter()
             .find(|d| d["metadata"]["name"] == "registry-ca")
             .unwrap();
-        let pem =
-            bundlecopy::controller::secrets::ca_certificates(&as_secret(ca), "ca.crt", "test")
-                .unwrap();
+        let pem = bundlecopy::operator::secrets::ca_certificates(&as_secret(ca), "ca.crt", "test")
+            .unwrap();
         assert_eq!(pem, registries.tls.ca_pem().unwrap().as_bytes());
         let copy = documents
             .iter()
@@ -1969,7 +1966,7 @@ fn e2e_chart_rbac_objects_are_what_the_cluster_tests_apply() {
 async fn e2e_service_account_kubeconfig_authenticates_with_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let seen = tokio::spawn(async move {

@@ -10,11 +10,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use bundlecopy::copy::{
+use bundlecopy_engine::credentials::DockerConfig as EngineDockerConfig;
+use bundlecopy_engine::{CopyError, ErrorKind};
+use bundlecopy_engine::{
     CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress, copy_bundle,
 };
-use bundlecopy::credentials::DockerConfig as EngineDockerConfig;
-use bundlecopy::{CopyError, Reason};
 use reqwest::Method;
 
 use crate::support::{
@@ -66,7 +66,7 @@ pub(crate) fn copy_request(
     destination_endpoint: EndpointOptions,
     settings: EngineSettings,
 ) -> CopyRequest {
-    bundlecopy::install_crypto_provider();
+    bundlecopy_engine::install_crypto_provider();
     CopyRequest {
         source,
         destination,
@@ -251,7 +251,7 @@ async fn faults_destination_stopped_mid_copy_then_the_next_attempt_reuses_its_bl
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(error.reason(), Reason::Unreachable, "{error}");
+    assert_eq!(error.kind(), ErrorKind::Unreachable, "{error}");
     let interrupted = first.snapshot();
     assert!(
         interrupted.copied >= 2 && interrupted.copied < interrupted.blobs,
@@ -340,7 +340,7 @@ async fn faults_429_retry_after_is_honoured_and_reported_when_it_persists() {
     );
     let started = Instant::now();
     let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-    assert_eq!(error.reason(), Reason::RateLimited, "{error}");
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
     assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(error.to_string().contains("rate limiting"), "{error}");
@@ -357,7 +357,7 @@ async fn faults_429_retry_after_is_honoured_and_reported_when_it_persists() {
     );
     let started = Instant::now();
     let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-    assert_eq!(error.reason(), Reason::RateLimited, "{error}");
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "waited {:?} for an hour-long Retry-After",
@@ -516,7 +516,7 @@ async fn faults_stalled_responses_time_out_instead_of_hanging() {
         let started = Instant::now();
         let error = run_copy(&request, &Progress::default()).await.unwrap_err();
         let elapsed = started.elapsed();
-        assert_eq!(error.reason(), Reason::Unreachable, "{what}: {error}");
+        assert_eq!(error.kind(), ErrorKind::Unreachable, "{what}: {error}");
         assert!(
             error.to_string().contains("timed out") || error.to_string().contains("timeout"),
             "{what}: {error}"
@@ -579,7 +579,7 @@ async fn faults_wrong_or_short_bytes_are_a_digest_mismatch_and_nothing_reference
             fast_settings(),
         );
         let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-        assert_eq!(error.reason(), Reason::DigestMismatch, "{what}: {error}");
+        assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{what}: {error}");
         assert!(error.to_string().contains(blob.as_str()), "{what}: {error}");
         assert!(proxy.faults_injected() > 0);
         assert_tag_absent(&dst, repo, "v1").await;
@@ -605,7 +605,7 @@ async fn faults_wrong_or_short_bytes_are_a_digest_mismatch_and_nothing_reference
     );
     request.force = true;
     let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-    assert_eq!(error.reason(), Reason::DigestMismatch, "{error}");
+    assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{error}");
     let (_, tag_digest, _) = dst.client().head_manifest("forced", "v1").await.unwrap();
     assert_eq!(
         tag_digest, old.index_digest,
@@ -634,7 +634,7 @@ async fn faults_wrong_or_short_bytes_are_a_digest_mismatch_and_nothing_reference
         fast_settings(),
     );
     let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-    assert_eq!(error.reason(), Reason::DigestMismatch, "{error}");
+    assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{error}");
     assert!(error.to_string().contains(&image_manifest), "{error}");
     assert_tag_absent(&dst, "bad-manifest", "v1").await;
     assert!(
@@ -762,7 +762,7 @@ async fn faults_huge_or_deeply_nested_manifests_are_refused_clearly() {
             fast_settings(),
         );
         let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-        assert_eq!(error.reason(), Reason::NotABundle, "{error}");
+        assert_eq!(error.kind(), ErrorKind::NotABundle, "{error}");
         assert!(
             error.to_string().contains("4194304 byte limit"),
             "Content-Length announced: {announce_length}: {error}"
@@ -801,7 +801,7 @@ async fn faults_huge_or_deeply_nested_manifests_are_refused_clearly() {
             fast_settings(),
         );
         let error = run_copy(&request, &Progress::default()).await.unwrap_err();
-        assert_eq!(error.reason(), Reason::NotABundle, "{repo}: {error}");
+        assert_eq!(error.kind(), ErrorKind::NotABundle, "{repo}: {error}");
         let message = error.to_string();
         assert!(message.contains(expected), "{repo}: {message}");
         assert!(

@@ -5,8 +5,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
-use bundlecopy::Reason;
-use bundlecopy::copy::{Progress, copy_bundle};
+use bundlecopy_engine::ErrorKind;
+use bundlecopy_engine::{Progress, copy_bundle};
 use reqwest::Method;
 
 use crate::faults::{bounded, copy_request, direct, fast_settings, proxied};
@@ -177,7 +177,7 @@ async fn security_credentials_never_appear_in_trace_output_or_errors() {
 
         let mut endpoint = direct(target);
         endpoint.credentials =
-            bundlecopy::credentials::DockerConfig::parse_config_json(wrong_json.as_bytes())
+            bundlecopy_engine::credentials::DockerConfig::parse_config_json(wrong_json.as_bytes())
                 .unwrap();
         let request = copy_request(
             format!("{}/team/app:v1", target.host()),
@@ -190,8 +190,8 @@ async fn security_credentials_never_appear_in_trace_output_or_errors() {
             .await
             .unwrap_err();
         assert_eq!(
-            error.reason(),
-            Reason::AuthenticationFailed,
+            error.kind(),
+            ErrorKind::AuthenticationFailed,
             "{what}: {error}"
         );
         assert_no_secret(
@@ -235,7 +235,7 @@ async fn security_tls_is_verified_unless_the_endpoint_is_insecure() {
     let error = bounded("untrusted", copy_bundle(&request, &Progress::default()))
         .await
         .unwrap_err();
-    assert_eq!(error.reason(), Reason::TLSError, "{error}");
+    assert_eq!(error.kind(), ErrorKind::Tls, "{error}");
     assert!(error.to_string().contains("not trusted"), "{error}");
     assert!(
         tls.client()
@@ -333,7 +333,7 @@ async fn security_insecure_endpoints_still_verify_digests() {
     let error = bounded("corrupt", copy_bundle(&request, &Progress::default()))
         .await
         .unwrap_err();
-    assert_eq!(error.reason(), Reason::DigestMismatch, "{error}");
+    assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{error}");
     assert!(
         dst.client()
             .head_manifest("mirror/app", "v1")

@@ -73,7 +73,7 @@ impl RegistryClient {
         ca_pem: Option<&str>,
         credentials: Option<(&str, &str)>,
     ) -> RegistryClient {
-        bundlecopy::install_crypto_provider();
+        bundlecopy_engine::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .no_proxy();

@@ -226,7 +226,7 @@ impl FaultProxy {
 
     /// A proxy in front of `upstream_base` (`http(s)://127.0.0.1:PORT`), trusting `ca_pem`.
     pub fn start_for(upstream_base: &str, ca_pem: Option<&str>) -> FaultProxy {
-        bundlecopy::install_crypto_provider();
+        bundlecopy_engine::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy();

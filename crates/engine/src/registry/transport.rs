@@ -3,9 +3,9 @@
 
 use std::error::Error as _;
 
-use crate::copy::{EndpointOptions, EngineSettings};
 use crate::error::{CopyError, Side};
 use crate::reference::is_loopback_host;
+use crate::settings::{EndpointOptions, EngineSettings};
 
 /// How requests reach a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,7 +141,7 @@ pub fn build_client(
     Ok(client)
 }
 
-/// Pick the transport for an endpoint (DESIGN.md section 2, step 2). `insecure` probes
+/// Pick the transport for an endpoint (docs/architecture.md, "One copy", step 2). `insecure` probes
 /// `https://host/v2/` without verification: any HTTP answer means HTTPS, a failure means HTTP.
 pub async fn choose_transport(
     side: Side,
@@ -262,14 +262,6 @@ pub fn classify(side: Side, registry: &str, transport: Transport, e: &reqwest::E
             side,
             registry,
             detail: format!("timed out: {}", error_chain(e)),
-        };
-    }
-    let chain = error_chain(e);
-    if transport != Transport::PlainHttp && chain.contains("invalid HTTP version") {
-        return CopyError::Tls {
-            side,
-            registry,
-            detail: chain,
         };
     }
     CopyError::Unreachable {

@@ -61,7 +61,10 @@ impl Reference {
 
         // '@' and ':' never occur in a registry-less path, so the first '@' starts the digest.
         let (name_and_tag, digest) = match input.split_once('@') {
-            Some((name, digest)) => (name, Some(validate_digest(digest).map_err(fail)?)),
+            Some((name, digest)) => {
+                crate::digest::validate(digest).map_err(|e| fail(e.to_string()))?;
+                (name, Some(digest.to_string()))
+            }
             None => (input, None),
         };
 
@@ -136,15 +139,6 @@ impl Reference {
             repository: self.repository.clone(),
             tag: None,
             digest: Some(digest.to_string()),
-        }
-    }
-    /// The same repository at a tag; the digest is dropped.
-    pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference {
-            registry: self.registry.clone(),
-            repository: self.repository.clone(),
-            tag: Some(tag.to_string()),
-            digest: None,
         }
     }
     /// distribution's `FamiliarString`: the short form a user would type.
@@ -353,32 +347,6 @@ fn validate_tag(tag: &str) -> Result<(), String> {
              '-', not starting with '.' or '-'"
         ))
     }
-}
-
-/// `sha256:` + 64 lowercase hex, or `sha512:` + 128 lowercase hex.
-fn validate_digest(digest: &str) -> Result<String, String> {
-    let invalid = |why: &str| {
-        format!("digest {digest:?} {why}; a digest is sha256: followed by 64 lowercase hex digits")
-    };
-    let (algorithm, hex) = digest
-        .split_once(':')
-        .ok_or_else(|| invalid("has no algorithm"))?;
-    let expected_length = match algorithm {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => {
-            return Err(invalid(
-                "uses an unsupported algorithm (sha256 and sha512 are)",
-            ));
-        }
-    };
-    if hex.len() != expected_length || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(invalid(&format!(
-            "must have exactly {expected_length} lowercase hex digits after {algorithm}:"
-        )));
-    }
-    Ok(digest.to_string())
 }
 
 /// A destination that is exactly `host:port` (no path, numeric port): our deliberate
@@ -693,14 +661,11 @@ mod tests {
     }
 
     #[test]
-    fn with_digest_drops_tag_and_with_tag_drops_digest() {
+    fn with_digest_drops_tag() {
         let tagged = parse("ghcr.io/a/b:v1");
         let pinned = tagged.with_digest(SHA);
         assert_eq!(pinned.to_string(), format!("ghcr.io/a/b@{SHA}"));
         assert_eq!(pinned.tag(), None);
-        let retagged = pinned.with_tag("v2");
-        assert_eq!(retagged.to_string(), "ghcr.io/a/b:v2");
-        assert_eq!(retagged.digest(), None);
     }
 
     #[test]

@@ -44,35 +44,6 @@ pub fn is_manifest_type(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
 }
 
-/// Check that a digest is `algorithm:hex` of a supported algorithm. Digests end up in URLs, so
-/// anything else is refused before it is used.
-pub fn validate_digest(digest: &str) -> Result<(), BundleError> {
-    let (algorithm, hex) = digest.split_once(':').ok_or_else(|| {
-        err(format!(
-            "invalid digest {digest:?}: expected sha256:<64 hex digits>"
-        ))
-    })?;
-    let expected_len = match algorithm {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => {
-            return Err(err(format!(
-                "invalid digest {digest:?}: unsupported algorithm {algorithm:?} (sha256 or sha512)"
-            )));
-        }
-    };
-    if hex.len() != expected_len
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(err(format!(
-            "invalid digest {digest:?}: expected {algorithm}:<{expected_len} lowercase hex digits>"
-        )));
-    }
-    Ok(())
-}
-
 /// An OCI content descriptor (only the members a copy needs; others are kept in the raw bytes).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Descriptor {
@@ -89,7 +60,9 @@ pub struct Descriptor {
 
 impl Descriptor {
     fn check(&self, what: &str) -> Result<(), BundleError> {
-        validate_digest(&self.digest).map_err(|e| err(format!("{what}: {e}")))
+        crate::digest::validate(&self.digest)
+            .map(|_| ())
+            .map_err(|e| err(format!("{what}: {e}")))
     }
 
     pub fn is_foreign(&self) -> bool {
@@ -419,11 +392,11 @@ pub fn relocation_map(images: &[BundleImage], repository: &str) -> BTreeMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
     use std::path::PathBuf;
 
     fn vectors() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors");
+        // The test vectors sit next to the workspace, not in it (crates/engine is two levels down).
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors");
         if dir.is_dir() {
             Some(dir)
         } else {
@@ -437,7 +410,7 @@ mod tests {
     }
 
     fn sha(bytes: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+        crate::digest::sha256(bytes)
     }
 
     #[test]
@@ -749,7 +722,7 @@ mod tests {
 
     #[test]
     fn digests_are_validated() {
-        assert!(validate_digest(D1).is_ok());
+        assert!(crate::digest::validate(D1).is_ok());
         for bad in [
             "",
             "sha256:",
@@ -758,7 +731,7 @@ mod tests {
             "sha256:../x",
             &format!("{D1}0"),
         ] {
-            assert!(validate_digest(bad).is_err(), "{bad}");
+            assert!(crate::digest::validate(bad).is_err(), "{bad}");
         }
     }
 

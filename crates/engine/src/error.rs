@@ -1,5 +1,6 @@
-//! One error type for the copy engine. Each variant maps to a `Reason` that the operator reports
-//! in the Ready condition; messages say what failed and what to do, and never carry a credential.
+//! One error type for the copy engine. Each variant has an `ErrorKind` (the operator turns it into
+//! a reason of the Ready condition) and, where there is one, a `Remedy` that each front end phrases
+//! in its own terms; messages say what failed and never carry a credential.
 
 use std::time::Duration;
 
@@ -26,16 +27,15 @@ impl std::fmt::Display for Side {
     }
 }
 
-/// The reasons of the Ready condition (DESIGN.md section 1), shared by the CLI and the operator.
+/// What kind of failure a `CopyError` is. Front ends map it to their own words: the operator to
+/// a reason of the Ready condition (`operator::reason`), the CLI to a hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Copied,
-    UpToDate,
+pub enum ErrorKind {
     InvalidSpec,
-    SecretNotFound,
-    InvalidSecret,
+    /// Credentials or CA certificates that cannot be parsed.
+    InvalidCredentials,
     AuthenticationFailed,
-    TLSError,
+    Tls,
     Unreachable,
     SourceNotFound,
     NotABundle,
@@ -43,64 +43,42 @@ pub enum Reason {
     DigestMismatch,
     RateLimited,
     RegistryError,
-    Suspended,
 }
 
-impl Reason {
-    pub const ALL: [Reason; 15] = [
-        Reason::Copied,
-        Reason::UpToDate,
-        Reason::InvalidSpec,
-        Reason::SecretNotFound,
-        Reason::InvalidSecret,
-        Reason::AuthenticationFailed,
-        Reason::TLSError,
-        Reason::Unreachable,
-        Reason::SourceNotFound,
-        Reason::NotABundle,
-        Reason::DestinationExists,
-        Reason::DigestMismatch,
-        Reason::RateLimited,
-        Reason::RegistryError,
-        Reason::Suspended,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Copied => "Copied",
-            Reason::UpToDate => "UpToDate",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::SecretNotFound => "SecretNotFound",
-            Reason::InvalidSecret => "InvalidSecret",
-            Reason::AuthenticationFailed => "AuthenticationFailed",
-            Reason::TLSError => "TLSError",
-            Reason::Unreachable => "Unreachable",
-            Reason::SourceNotFound => "SourceNotFound",
-            Reason::NotABundle => "NotABundle",
-            Reason::DestinationExists => "DestinationExists",
-            Reason::DigestMismatch => "DigestMismatch",
-            Reason::RateLimited => "RateLimited",
-            Reason::RegistryError => "RegistryError",
-            Reason::Suspended => "Suspended",
-        }
-    }
-
-    /// Whether retrying the same request later may succeed without any change of spec or Secret.
+impl ErrorKind {
+    /// Whether retrying the same request later may succeed without any change of spec or
+    /// credentials.
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Reason::Unreachable
-                | Reason::RateLimited
-                | Reason::RegistryError
-                | Reason::DigestMismatch
+            ErrorKind::Unreachable
+                | ErrorKind::RateLimited
+                | ErrorKind::RegistryError
+                | ErrorKind::DigestMismatch
         )
     }
 }
 
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// What the user can do about a failure, in no front end's words: the CLI names its flags, the
+/// operator its resource's fields. One table (`CopyError::remedy`) for both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remedy {
+    /// Trust the registry's CA, or allow the endpoint to be insecure.
+    TrustCaOrAllowInsecure(Side),
+    /// The CA certificates given for the endpoint are wrong.
+    FixCa(Side),
+    /// Give (working) credentials for the registry.
+    FixCredentials { side: Side, registry: String },
+    /// Start the registry or correct its address; plain HTTP off loopback needs insecure.
+    CheckReachable(Side),
+    /// Overwrite the destination's different bundle.
+    Force,
+    /// Wait: the registry is rate limiting.
+    WaitAndRetry,
+    /// The source is not there (yet).
+    CheckSource,
+    /// The Docker config cannot be parsed.
+    FixDockerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,20 +163,40 @@ fn retry_hint(retry_after: Option<Duration>) -> String {
 }
 
 impl CopyError {
-    pub fn reason(&self) -> Reason {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            CopyError::InvalidSpec(_) => Reason::InvalidSpec,
-            CopyError::InvalidCredentials(_) | CopyError::InvalidCa { .. } => Reason::InvalidSecret,
-            CopyError::AuthenticationFailed { .. } => Reason::AuthenticationFailed,
-            CopyError::Tls { .. } => Reason::TLSError,
-            CopyError::Unreachable { .. } => Reason::Unreachable,
-            CopyError::SourceNotFound { .. } => Reason::SourceNotFound,
-            CopyError::NotABundle { .. } => Reason::NotABundle,
-            CopyError::DestinationExists { .. } => Reason::DestinationExists,
-            CopyError::DigestMismatch { .. } => Reason::DigestMismatch,
-            CopyError::RateLimited { .. } => Reason::RateLimited,
-            CopyError::Registry { .. } => Reason::RegistryError,
+            CopyError::InvalidSpec(_) => ErrorKind::InvalidSpec,
+            CopyError::InvalidCredentials(_) | CopyError::InvalidCa { .. } => {
+                ErrorKind::InvalidCredentials
+            }
+            CopyError::AuthenticationFailed { .. } => ErrorKind::AuthenticationFailed,
+            CopyError::Tls { .. } => ErrorKind::Tls,
+            CopyError::Unreachable { .. } => ErrorKind::Unreachable,
+            CopyError::SourceNotFound { .. } => ErrorKind::SourceNotFound,
+            CopyError::NotABundle { .. } => ErrorKind::NotABundle,
+            CopyError::DestinationExists { .. } => ErrorKind::DestinationExists,
+            CopyError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
+            CopyError::RateLimited { .. } => ErrorKind::RateLimited,
+            CopyError::Registry { .. } => ErrorKind::RegistryError,
         }
+    }
+
+    /// What the user can do about this error, when there is something.
+    pub fn remedy(&self) -> Option<Remedy> {
+        Some(match self {
+            CopyError::Tls { side, .. } => Remedy::TrustCaOrAllowInsecure(*side),
+            CopyError::InvalidCa { side, .. } => Remedy::FixCa(*side),
+            CopyError::AuthenticationFailed { side, registry, .. } => Remedy::FixCredentials {
+                side: *side,
+                registry: registry.clone(),
+            },
+            CopyError::Unreachable { side, .. } => Remedy::CheckReachable(*side),
+            CopyError::DestinationExists { .. } => Remedy::Force,
+            CopyError::RateLimited { .. } => Remedy::WaitAndRetry,
+            CopyError::SourceNotFound { .. } => Remedy::CheckSource,
+            CopyError::InvalidCredentials(_) => Remedy::FixDockerConfig,
+            _ => return None,
+        })
     }
 
     /// The endpoint the error concerns, when there is one.
@@ -228,7 +226,7 @@ impl CopyError {
     pub fn is_transient(&self) -> bool {
         match self {
             CopyError::Registry { status, .. } => status.is_none_or(|s| s >= 500 || s == 408),
-            other => other.reason().is_transient(),
+            other => other.kind().is_transient(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One reconcile of a BundleCopy: validate → Secrets → decide → (check | copy) → status.
-//! Orchestration and I/O only; the decisions live in `decide` and `status`.
+//! Orchestration and I/O only; validation, decisions, failures and status live in `validate`,
+//! `decide`, `failure` and `status`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,16 +15,20 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::Deserialize as _;
 
-use super::decide::{self, CopyCause, Plan, Verdict};
-use super::secrets::{self, ReadError};
-use super::status::{self, Phase};
-use super::{Context, Error};
-use crate::api::{
+use super::context::{Context, Error, memory_key};
+use super::crd::{
     BundleCopy, BundleCopySpec, BundleCopyStatus, CopyProgress, FIELD_MANAGER, condition_types,
 };
-use crate::copy::{self, CopyOutcome, CopyRequest, EndpointOptions, Progress};
-use crate::error::{CopyError, Reason, Side};
-use crate::reference::{Reference, derive_destination};
+use super::decide::{self, CopyCause, Plan, Verdict};
+use super::failure::Failure;
+use super::reason::Reason;
+use super::secrets::{self, ReadError};
+use super::status::{self, Phase};
+use super::validate::{ValidSpec, validate};
+use bundlecopy_engine::{
+    CopyError, CopyOutcome, CopyRequest, EndpointOptions, Progress, Side, copy_bundle,
+    resolve_digest,
+};
 
 /// Event reasons (shown by `kubectl describe`).
 pub mod event_reasons {
@@ -34,130 +39,6 @@ pub mod event_reasons {
 
 /// Longest condition message written.
 const MAX_MESSAGE_BYTES: usize = 4096;
-
-/// Shortest interval honoured, whatever the API server let through.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
-
-/// A spec that parses: what the rest of the reconcile needs from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidSpec {
-    /// The resolved destination reference (`status.destination`).
-    pub destination: String,
-    pub source_is_digest: bool,
-    pub interval: Option<Duration>,
-}
-
-/// Checks what the API server cannot: the reference grammar, destination derivation and the
-/// interval. The error is a message for the Ready condition (reason InvalidSpec).
-pub fn validate(spec: &BundleCopySpec) -> Result<ValidSpec, String> {
-    let source = Reference::parse(&spec.source.reference)
-        .map_err(|error| format!("spec.source.reference: {error}"))?;
-    let destination = derive_destination(&source, &spec.destination.reference)
-        .map_err(|error| format!("spec.destination.reference: {error}"))?;
-    if destination.registry() == source.registry()
-        && destination.repository() == source.repository()
-        && destination.tag().is_some()
-        && destination.tag() == source.tag()
-    {
-        return Err(format!(
-            "spec.destination.reference: {destination} is the source itself; copy to another repository or tag"
-        ));
-    }
-    let interval = match spec.interval.as_deref() {
-        Some(text) => {
-            let interval =
-                decide::parse_duration(text).map_err(|error| format!("spec.interval: {error}"))?;
-            if interval < MIN_INTERVAL {
-                return Err(format!(
-                    "spec.interval: {text} is shorter than the minimum of 1m; use 1m or more"
-                ));
-            }
-            Some(interval)
-        }
-        None => None,
-    };
-    Ok(ValidSpec {
-        destination: destination.to_string(),
-        source_is_digest: source.digest().is_some(),
-        interval,
-    })
-}
-
-/// Why a reconcile could not reach Ready True.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: Reason,
-    pub message: String,
-    pub transient: bool,
-    pub retry_after: Option<Duration>,
-}
-
-impl Failure {
-    pub fn permanent(reason: Reason, message: String) -> Self {
-        Failure {
-            reason,
-            message,
-            transient: false,
-            retry_after: None,
-        }
-    }
-
-    /// The engine's error with a hint phrased for this resource's fields.
-    pub fn from_copy_error(error: &CopyError) -> Self {
-        Self::from_copy_error_in(error, None)
-    }
-
-    /// As `from_copy_error`, naming the credential Secrets of `spec` when they were refused.
-    pub fn from_copy_error_in(error: &CopyError, spec: Option<&BundleCopySpec>) -> Self {
-        let field = error.side().map(|side| match side {
-            Side::Source => "spec.source",
-            Side::Destination => "spec.destination",
-        });
-        let endpoint = spec.zip(error.side()).map(|(spec, side)| match side {
-            Side::Source => &spec.source,
-            Side::Destination => &spec.destination,
-        });
-        let hint = match (error.reason(), field) {
-            (Reason::AuthenticationFailed, Some(field))
-                if endpoint.is_some_and(|endpoint| !endpoint.credentials.is_empty()) =>
-            {
-                let names: Vec<String> = endpoint
-                    .map(|endpoint| {
-                        endpoint
-                            .credentials
-                            .iter()
-                            .map(|c| format!("{:?}", c.name))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                format!(
-                    "; check that the Secrets listed in {field}.credentials ({}) hold a working \
-                     username and password for this registry",
-                    names.join(", ")
-                )
-            }
-            (Reason::AuthenticationFailed, Some(field)) => {
-                format!("; list a Secret with credentials for this registry in {field}.credentials")
-            }
-            (Reason::TLSError, Some(field)) => {
-                format!(
-                    "; trust the registry's CA with {field}.caSecretRef, or set {field}.insecure: true"
-                )
-            }
-            (Reason::SourceNotFound, _) => {
-                "; the copy starts when it appears (checked again with a backoff of up to 5 minutes)"
-                    .to_string()
-            }
-            _ => String::new(),
-        };
-        Failure {
-            reason: error.reason(),
-            message: format!("{error}{hint}"),
-            transient: decide::is_transient(error),
-            retry_after: error.retry_after(),
-        }
-    }
-}
 
 /// The per-reconcile state: the object, its API and the status as last written.
 struct Run {
@@ -197,7 +78,7 @@ pub async fn reconcile(
             None => return Ok(Action::await_change()),
         },
     };
-    let key = super::memory_key(object.as_ref());
+    let key = memory_key(object.as_ref());
     let read_version = object.meta().resource_version.clone().unwrap_or_default();
     let current = ctx.written_since(&key, &read_version).unwrap_or(current);
     let run = Run {
@@ -296,13 +177,11 @@ impl Run {
         let check_due =
             decide::source_check_due(valid.interval, valid.source_is_digest, since_source_check);
         let cause = match decide::plan(
-            false,
             self.generation,
             &self.current,
             &valid.destination,
             check_due,
         ) {
-            Plan::Suspended => return self.suspended(&valid).await,
             Plan::Copy(cause) => cause,
             Plan::Verify { recheck_source } => {
                 match self
@@ -345,7 +224,7 @@ impl Run {
         recheck_source: bool,
     ) -> Result<Verdict, CopyError> {
         let settings = &self.ctx.engine;
-        let at_destination = copy::resolve_digest(
+        let at_destination = resolve_digest(
             &valid.destination,
             destination_endpoint,
             Side::Destination,
@@ -353,7 +232,7 @@ impl Run {
         )
         .await?;
         let at_source = if recheck_source {
-            let digest = copy::resolve_digest(
+            let digest = resolve_digest(
                 &spec.source.reference,
                 source_endpoint,
                 Side::Source,
@@ -432,7 +311,7 @@ impl Run {
         self.ctx.metrics.copies_in_flight.inc();
         let started = Instant::now();
         let result = {
-            let copy = copy::copy_bundle(&request, &progress);
+            let copy = copy_bundle(&request, &progress);
             tokio::pin!(copy);
             let every = self.ctx.progress_every;
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -649,115 +528,6 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failures_from_the_engine_keep_reason_and_transience() {
-        let error = CopyError::Tls {
-            side: Side::Destination,
-            registry: "localhost:5002".into(),
-            detail: "unknown issuer".into(),
-        };
-        let failure = Failure::from_copy_error(&error);
-        assert_eq!(failure.reason, Reason::TLSError);
-        assert!(!failure.transient);
-        assert!(
-            failure.message.contains("spec.destination.caSecretRef"),
-            "{}",
-            failure.message
-        );
-
-        let limited = CopyError::RateLimited {
-            side: Side::Source,
-            registry: "r".into(),
-            retry_after: Some(Duration::from_secs(30)),
-        };
-        let failure = Failure::from_copy_error(&limited);
-        assert!(failure.transient);
-        assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
-
-        let denied = CopyError::AuthenticationFailed {
-            side: Side::Source,
-            registry: "r".into(),
-            detail: "401".into(),
-        };
-        assert!(
-            Failure::from_copy_error(&denied)
-                .message
-                .contains("spec.source.credentials")
-        );
-    }
-
-    fn spec(source: &str, destination: &str, interval: Option<&str>) -> BundleCopySpec {
-        serde_json::from_value(serde_json::json!({
-            "source": {"reference": source},
-            "destination": {"reference": destination},
-            "interval": interval,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn validation_resolves_the_destination_and_interval() {
-        let valid = validate(&spec(
-            "localhost:5001/examples/hello:v1",
-            "localhost:5002/team",
-            Some("10m"),
-        ))
-        .unwrap();
-        assert_eq!(valid.destination, "localhost:5002/team/hello:v1");
-        assert!(!valid.source_is_digest);
-        assert_eq!(valid.interval, Some(Duration::from_secs(600)));
-
-        let digest = format!("localhost:5001/hello@sha256:{}", "a".repeat(64));
-        let valid = validate(&spec(&digest, "localhost:5002/team/hello:v2", None)).unwrap();
-        assert!(valid.source_is_digest);
-        assert_eq!(valid.destination, "localhost:5002/team/hello:v2");
-    }
-
-    #[test]
-    fn validation_names_the_field_at_fault() {
-        let cases = [
-            (
-                spec("Not A Reference", "localhost:5002/team", None),
-                "spec.source.reference",
-            ),
-            (
-                spec(
-                    &format!("localhost:5001/hello@sha256:{}", "a".repeat(64)),
-                    "localhost:5002/team",
-                    None,
-                ),
-                "spec.destination.reference",
-            ),
-            (
-                spec("localhost:5001/hello:v1", "localhost:5001/hello:v1", None),
-                "is the source itself",
-            ),
-            (
-                spec(
-                    "localhost:5001/hello:v1",
-                    "localhost:5002/team",
-                    Some("soon"),
-                ),
-                "spec.interval",
-            ),
-            (
-                spec(
-                    "localhost:5001/hello:v1",
-                    "localhost:5002/team",
-                    Some("10s"),
-                ),
-                "shorter than the minimum",
-            ),
-        ];
-        for (spec, expected) in cases {
-            let message = validate(&spec).unwrap_err();
-            assert!(
-                message.contains(expected),
-                "{expected:?} not in {message:?}"
-            );
-        }
-    }
 
     #[test]
     fn notes_are_truncated_on_a_char_boundary() {

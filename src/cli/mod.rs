@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::copy::{
-    self, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress, ProgressSnapshot,
+use bundlecopy_engine::credentials::DockerConfig;
+use bundlecopy_engine::{
+    CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress,
+    ProgressSnapshot, copy_bundle, inspect_bundle,
 };
-use crate::credentials::DockerConfig;
-use crate::error::{CopyError, Side};
+
+mod hints;
+pub use hints::with_hint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OutputFormat {
@@ -117,54 +120,6 @@ impl From<CopyError> for CliError {
     }
 }
 
-/// The error plus what to do about it, phrased with this CLI's flags.
-pub fn with_hint(e: &CopyError) -> String {
-    let flag = |side: Side| match side {
-        Side::Source => "source",
-        Side::Destination => "destination",
-    };
-    let hint = match e {
-        CopyError::Tls {
-            side,
-            registry,
-            detail,
-        } => {
-            return format!(
-                "{side} registry {registry}: TLS failed: {detail}; trust the registry's CA with --{0}-ca-file PEM, \
-                 or allow it with --{0}-insecure (--insecure-registry for both)",
-                flag(*side)
-            );
-        }
-        CopyError::InvalidCa { side, .. } => {
-            format!("check the file given to --{}-ca-file", flag(*side))
-        }
-        CopyError::AuthenticationFailed { registry, .. } => format!(
-            "check the credentials for {registry} in the Docker config (--docker-config, $DOCKER_CONFIG or ~/.docker/config.json)"
-        ),
-        CopyError::Unreachable { side, .. } => format!(
-            "check that the registry is running and the address is right; a plain-HTTP registry off loopback needs --{}-insecure",
-            flag(*side)
-        ),
-        CopyError::DestinationExists {
-            reference,
-            existing,
-        } => {
-            return format!(
-                "destination {reference} already holds a different bundle ({existing}); repeat with --force to overwrite it"
-            );
-        }
-        CopyError::RateLimited { .. } => "wait and try again later".to_string(),
-        CopyError::SourceNotFound { .. } => "check the source reference and its tag".to_string(),
-        CopyError::InvalidCredentials(_) => "fix the Docker config file".to_string(),
-        _ => String::new(),
-    };
-    if hint.is_empty() || e.to_string().contains(&hint) {
-        e.to_string()
-    } else {
-        format!("{e}; {hint}")
-    }
-}
-
 /// The Docker config to use: `--docker-config DIR`, else `$DOCKER_CONFIG`, else `~/.docker`.
 /// A missing file means no credentials.
 pub fn load_docker_config(dir: Option<&Path>) -> Result<DockerConfig, CliError> {
@@ -240,7 +195,7 @@ pub async fn run_copy(args: CopyArgs) -> Result<(), CliError> {
     let progress = Progress::default();
     let started = Instant::now();
     let reporter = ProgressReporter::start(progress.clone());
-    let result = copy::copy_bundle(&request, &progress).await;
+    let result = copy_bundle(&request, &progress).await;
     reporter.finish().await;
     let outcome = result?;
     print_outcome(&outcome, args.connection.output, started.elapsed())
@@ -305,8 +260,7 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
         ca_pem: read_ca(args.ca_file.as_deref())?,
         credentials: load_docker_config(args.connection.docker_config.as_deref())?,
     };
-    let report =
-        copy::inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
+    let report = inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
     let mut out = String::new();
     match args.connection.output {
         OutputFormat::Json => {
@@ -439,26 +393,6 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hints_name_the_flags_of_the_failing_side() {
-        let e = CopyError::Tls {
-            side: Side::Destination,
-            registry: "r:1".into(),
-            detail: "UnknownIssuer".into(),
-        };
-        let text = with_hint(&e);
-        assert!(
-            text.contains("--destination-ca-file") && text.contains("--destination-insecure"),
-            "{text}"
-        );
-        assert!(!text.contains('\n'));
-        let e = CopyError::DestinationExists {
-            reference: "r/x:1".into(),
-            existing: "sha256:1".into(),
-        };
-        assert!(with_hint(&e).contains("--force"));
-    }
 
     #[test]
     fn bytes_are_human() {

@@ -1,6 +1,7 @@
-//! The `BundleCopy` custom resource (DESIGN.md section 1): spec, status, condition and reason
+//! The `BundleCopy` custom resource (docs/operator.md, "The resource"): spec, status, condition and reason
 //! names. Doc comments on fields become `kubectl explain` text, so they are written for users.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -248,8 +249,8 @@ pub struct CopyProgress {
     pub total_bytes: i64,
 }
 
-impl From<crate::copy::ProgressSnapshot> for CopyProgress {
-    fn from(snapshot: crate::copy::ProgressSnapshot) -> Self {
+impl From<bundlecopy_engine::ProgressSnapshot> for CopyProgress {
+    fn from(snapshot: bundlecopy_engine::ProgressSnapshot) -> Self {
         // Kubernetes integers are int64; counts beyond that cannot occur in practice.
         let int = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         CopyProgress {
@@ -270,12 +271,65 @@ impl BundleCopyStatus {
     }
 }
 
+/// The CustomResourceDefinition of `BundleCopy`: the schema derived from the types, with each
+/// description reflowed (see `reflow`) so that `kubectl explain` prints whole sentences.
+pub fn crd() -> CustomResourceDefinition {
+    let generated = BundleCopy::crd();
+    let Ok(mut value) = serde_json::to_value(&generated) else {
+        return generated;
+    };
+    reflow_descriptions(&mut value);
+    serde_json::from_value(value).unwrap_or(generated)
+}
+
 /// The CustomResourceDefinition of `BundleCopy` as YAML, as committed in
 /// `crds/bundlecopies.bundlecopy.dev.yaml`.
 pub fn crd_yaml() -> String {
     // Serialising a CRD built from typed structs cannot fail; fall back to an empty document
     // rather than panic if it ever did.
-    serde_yaml::to_string(&BundleCopy::crd()).unwrap_or_default()
+    serde_yaml::to_string(&crd()).unwrap_or_default()
+}
+
+fn reflow_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = reflow(text);
+                    }
+                    _ => reflow_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(reflow_descriptions),
+        _ => {}
+    }
+}
+
+/// Doc comments are wrapped at 100 columns; a description keeps line breaks only between
+/// paragraphs and before list items (`- `, `* `, `1. `).
+fn reflow(text: &str) -> String {
+    let is_item = |line: &str| {
+        line.starts_with("- ")
+            || line.starts_with("* ")
+            || line
+                .split_once(". ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    text.split("\n\n")
+        .map(|paragraph| {
+            let mut joined = String::new();
+            for line in paragraph.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if !joined.is_empty() {
+                    joined.push(if is_item(line) { '\n' } else { ' ' });
+                }
+                joined.push_str(line);
+            }
+            joined
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 #[cfg(test)]
@@ -284,7 +338,7 @@ mod tests {
     use serde_json::Value;
 
     fn schema() -> Value {
-        let crd = serde_json::to_value(BundleCopy::crd()).unwrap();
+        let crd = serde_json::to_value(crd()).unwrap();
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
     }
 
@@ -303,8 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn descriptions_are_flowing_paragraphs() {
+        assert_eq!(
+            reflow("One sentence\nwrapped.\n\nA list:\n- one\n  continued\n- two\n1. three"),
+            "One sentence wrapped.\n\nA list:\n- one continued\n- two\n1. three"
+        );
+        let yaml = crd_yaml();
+        assert!(
+            yaml.contains("the invocation image and every component image"),
+            "the spec's description is one paragraph"
+        );
+    }
+
+    #[test]
     fn crd_names_and_scope() {
-        let crd = BundleCopy::crd();
+        let crd = crd();
         assert_eq!(
             crd.metadata.name.as_deref(),
             Some("bundlecopies.bundlecopy.dev")

@@ -1,10 +1,10 @@
 //! The pure middle of a reconcile: whether to copy, check or do nothing, how long to wait
-//! before the next attempt, and the `interval` duration grammar. No I/O here.
+//! before the next attempt. No I/O here.
 
 use std::time::Duration;
 
-use crate::api::{BundleCopyStatus, condition_types};
-use crate::error::{CopyError, Reason};
+use super::crd::{BundleCopyStatus, condition_types};
+use bundlecopy_engine::{CopyError, ErrorKind};
 
 /// First wait after a transient failure; doubles with each further failure.
 pub const TRANSIENT_BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -46,8 +46,6 @@ impl CopyCause {
 /// The first decision, from the resource alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// `spec.suspend`: touch no registry.
-    Suspended,
     /// Copy without looking first.
     Copy(CopyCause),
     /// A copy of this generation finished: check (one HEAD each) that the destination still holds
@@ -56,16 +54,13 @@ pub enum Plan {
 }
 
 /// Decide from the spec's generation, the current status and the resolved destination.
+/// (`spec.suspend` is handled before: a suspended resource touches no registry.)
 pub fn plan(
-    suspend: bool,
     generation: i64,
     status: &BundleCopyStatus,
     destination: &str,
     source_check_due: bool,
 ) -> Plan {
-    if suspend {
-        return Plan::Suspended;
-    }
     if status.observed_generation != Some(generation) {
         return Plan::Copy(CopyCause::NewGeneration);
     }
@@ -140,7 +135,7 @@ pub fn requeue_after_success(
 /// Stalled) rather than the slow retry of a permanent failure. A missing source is transient
 /// here: with GitOps a BundleCopy is often applied before its bundle is published.
 pub fn is_transient(error: &CopyError) -> bool {
-    error.is_transient() || error.reason() == Reason::SourceNotFound
+    error.is_transient() || error.kind() == ErrorKind::SourceNotFound
 }
 
 /// Wait before the next attempt after the `failures`-th transient failure in a row (1-based):
@@ -154,86 +149,6 @@ pub fn transient_backoff(failures: u32, retry_after: Option<Duration>) -> Durati
         Some(asked) => backoff.max(asked.min(RETRY_AFTER_CAP)),
         None => backoff,
     }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {input:?}: {problem}; use a number and a unit, such as 90s, 10m, 1h or 1h30m"
-)]
-pub struct DurationError {
-    pub input: String,
-    pub problem: &'static str,
-}
-
-/// Parse a Go `time.ParseDuration` string (`10m`, `1h30m`, `1.5h`, `300ms`), the grammar the CRD's
-/// CEL `duration()` accepts. Negative durations are refused.
-pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let error = |problem| DurationError {
-        input: input.to_string(),
-        problem,
-    };
-    let text = input.trim();
-    let text = text.strip_prefix('+').unwrap_or(text);
-    if text.is_empty() {
-        return Err(error("it is empty"));
-    }
-    if text.starts_with('-') {
-        return Err(error("it is negative"));
-    }
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut total_nanos: u128 = 0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..number_len];
-        rest = &rest[number_len..];
-        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-            return Err(error("a number is missing or malformed"));
-        }
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60 * 1_000_000_000,
-            "h" => 3_600 * 1_000_000_000,
-            "" => return Err(error("a unit is missing")),
-            _ => return Err(error("the unit is not one of ns, us, ms, s, m, h")),
-        };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| error("a number is too large"))?
-        };
-        let mut fraction_nanos: u128 = 0;
-        let mut scale: u128 = 1;
-        for digit in fraction.chars().take(18) {
-            // `digit` is an ASCII digit: the scan above admits only digits and '.'.
-            fraction_nanos = fraction_nanos * 10 + u128::from(digit as u8 - b'0');
-            scale *= 10;
-        }
-        let part = whole
-            .checked_mul(unit_nanos)
-            .and_then(|w| w.checked_add(fraction_nanos * unit_nanos / scale))
-            .ok_or_else(|| error("it is too large"))?;
-        total_nanos = total_nanos
-            .checked_add(part)
-            .ok_or_else(|| error("it is too large"))?;
-    }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| error("it is too large"))?;
-    // The remainder of a division by 1e9 always fits.
-    let nanos = (total_nanos % 1_000_000_000) as u32;
-    Ok(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
@@ -290,66 +205,45 @@ mod tests {
             destination_digest: None,
             ..copied(2)
         };
-        let cases: [(&str, bool, &BundleCopyStatus, bool, Plan); 9] = [
-            (
-                "suspended beats everything",
-                true,
-                &fresh,
-                true,
-                Plan::Suspended,
-            ),
-            (
-                "suspended with a finished copy",
-                true,
-                &copied(2),
-                false,
-                Plan::Suspended,
-            ),
+        let cases: [(&str, &BundleCopyStatus, bool, Plan); 7] = [
             (
                 "never reconciled",
-                false,
                 &fresh,
                 false,
                 Plan::Copy(CopyCause::NewGeneration),
             ),
             (
                 "spec changed",
-                false,
                 &copied(1),
                 false,
                 Plan::Copy(CopyCause::NewGeneration),
             ),
             (
                 "last attempt failed",
-                false,
                 &failed,
                 false,
                 Plan::Copy(CopyCause::Retry),
             ),
             (
                 "Ready from an older generation",
-                false,
                 &ready_for_old_generation,
                 false,
                 Plan::Copy(CopyCause::Retry),
             ),
             (
                 "destination moved",
-                false,
                 &other_destination,
                 false,
                 Plan::Copy(CopyCause::NewDestination),
             ),
             (
                 "digest missing",
-                false,
                 &no_digest,
                 false,
                 Plan::Copy(CopyCause::NewDestination),
             ),
             (
                 "finished, interval due",
-                false,
                 &copied(2),
                 true,
                 Plan::Verify {
@@ -357,11 +251,11 @@ mod tests {
                 },
             ),
         ];
-        for (name, suspend, status, due, expected) in cases {
-            assert_eq!(plan(suspend, 2, status, DEST, due), expected, "{name}");
+        for (name, status, due, expected) in cases {
+            assert_eq!(plan(2, status, DEST, due), expected, "{name}");
         }
         assert_eq!(
-            plan(false, 2, &copied(2), DEST, false),
+            plan(2, &copied(2), DEST, false),
             Plan::Verify {
                 recheck_source: false
             }
@@ -450,40 +344,5 @@ mod tests {
         assert_eq!(transient_backoff(1, Some(secs(42))), secs(42));
         assert_eq!(transient_backoff(4, Some(secs(1))), secs(40));
         assert_eq!(transient_backoff(1, Some(secs(1_000_000))), RETRY_AFTER_CAP);
-    }
-
-    #[test]
-    fn durations_in_go_syntax() {
-        let ok = |s: &str| parse_duration(s).unwrap();
-        assert_eq!(ok("10m"), Duration::from_secs(600));
-        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
-        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
-        assert_eq!(ok("90s"), Duration::from_secs(90));
-        assert_eq!(ok("300ms"), Duration::from_millis(300));
-        assert_eq!(
-            ok("2h45m0.5s"),
-            Duration::from_millis((2 * 3600 + 45 * 60) * 1000 + 500)
-        );
-        assert_eq!(ok("1µs"), Duration::from_micros(1));
-        assert_eq!(ok(".5s"), Duration::from_millis(500));
-        assert_eq!(ok("0"), Duration::ZERO);
-        for bad in [
-            "",
-            "10",
-            "m",
-            "-5m",
-            "5d",
-            "1..5s",
-            "1h 30m",
-            "99999999999999999999999h",
-            ".",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-        let message = parse_duration("5d").unwrap_err().to_string();
-        assert!(
-            message.contains("\"5d\"") && message.contains("10m"),
-            "{message}"
-        );
     }
 }

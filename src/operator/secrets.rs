@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use crate::api::{BundleCopySpec, Endpoint};
-use crate::copy::EndpointOptions;
-use crate::credentials::DockerConfig;
-use crate::error::Reason;
+use super::crd::{BundleCopySpec, Endpoint};
+use super::reason::Reason;
+use bundlecopy_engine::EndpointOptions;
+use bundlecopy_engine::credentials::DockerConfig;
 
 pub const TYPE_DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 pub const KEY_DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
@@ -78,7 +78,7 @@ pub fn ca_certificates(secret: &Secret, key: &str, field: &str) -> Result<Vec<u8
     let pem = secret_value(secret, key).ok_or_else(|| {
         SecretProblem::invalid(field, name, format_args!("has no key {key}; {fix}"))
     })?;
-    crate::copy::validate_ca_pem(pem).map_err(|problem| {
+    bundlecopy_engine::validate_ca_pem(pem).map_err(|problem| {
         SecretProblem::invalid(field, name, format_args!("key {key}: {problem}; {fix}"))
     })?;
     Ok(pem.to_vec())

@@ -4,9 +4,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{BundleCopyStatus, BundleIdentity, CopyProgress, RelocatedImage, condition_types};
-use crate::copy::CopyOutcome;
-use crate::error::Reason;
+use super::crd::{BundleCopyStatus, BundleIdentity, CopyProgress, RelocatedImage, condition_types};
+use super::reason::Reason;
+use bundlecopy_engine::CopyOutcome;
 
 /// Reason of Reconciling (True) and Stalled (False) while a copy runs.
 pub const REASON_COPYING: &str = "Copying";
@@ -285,7 +285,7 @@ fn round_to_seconds(now: Timestamp) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::copy::{BundleInfo, ProgressSnapshot, RelocatedImage as EngineImage};
+    use bundlecopy_engine::{BundleInfo, ProgressSnapshot, RelocatedImage as EngineImage};
     use std::collections::BTreeMap;
 
     const DEST: &str = "localhost:5002/team/hello:v1";

@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::controller::leader::Fence;
-use crate::metrics::Metrics;
+use super::leader::Fence;
+use super::metrics::Metrics;
 
 /// What this process is doing now, as `/readyz` and `/leaderz` report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

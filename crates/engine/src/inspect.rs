@@ -1,0 +1,80 @@
+//! Read a bundle without copying it (`bundlecopy inspect`), and resolve a reference to a digest
+//! (the operator's check of a tag).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::bundle;
+use crate::copy::source::{read_bundle, tag_or_digest};
+use crate::copy::{BundleInfo, parse_reference};
+use crate::error::{CopyError, Side};
+use crate::registry::{Access, Registry};
+use crate::settings::{EndpointOptions, EngineSettings};
+
+/// The digest a reference (tag or digest) resolves to, `None` when the registry has no such
+/// manifest. One HEAD (plus authentication).
+pub async fn resolve_digest(
+    reference: &str,
+    endpoint: &EndpointOptions,
+    side: Side,
+    settings: &EngineSettings,
+) -> Result<Option<String>, CopyError> {
+    let reference = parse_reference(reference)?;
+    let registry = Registry::connect(side, &reference, Access::Pull, endpoint, settings).await?;
+    registry.head_manifest(tag_or_digest(&reference)).await
+}
+
+/// What `bundlecopy inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectReport {
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    pub bundle: BundleInfo,
+    /// Each invocation and component image with the digest the index gives it.
+    pub images: Vec<InspectImage>,
+    /// The relocation map as cnab-to-oci computes it on pull (familiar names).
+    pub relocation_map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectImage {
+    pub name: String,
+    pub image: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// Read a bundle without copying it.
+pub async fn inspect_bundle(
+    reference: &str,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<InspectReport, CopyError> {
+    let reference = parse_reference(reference)?;
+    let registry =
+        Registry::connect(Side::Source, &reference, Access::Pull, endpoint, settings).await?;
+    let bundle = read_bundle(&registry, &reference).await?;
+    Ok(InspectReport {
+        reference: reference.to_string(),
+        digest: bundle.index.digest.clone(),
+        media_type: bundle.bundle_index.media_type.clone(),
+        bundle: BundleInfo::of(&bundle),
+        relocation_map: bundle::relocation_map(&bundle.images, &reference.familiar_name()),
+        images: bundle
+            .images
+            .iter()
+            .map(|i| InspectImage {
+                name: i.name.clone(),
+                image: i.image.clone(),
+                digest: i.digest.clone(),
+                media_type: i.media_type.clone(),
+                size: i.size,
+            })
+            .collect(),
+    })
+}

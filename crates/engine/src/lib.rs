@@ -1,0 +1,32 @@
+//! bundlecopy's engine: copy a Porter (CNAB) bundle and every image it references from one OCI
+//! registry to another, byte for byte, or read one (`inspect`). It knows nothing of Kubernetes or
+//! of a command line; the `bundlecopy` binary's CLI and operator are its two front ends.
+//!
+//! Layers, bottom first (each uses only those below it; docs/architecture.md):
+//! `settings`, `error`, `digest` → `reference`, `credentials`, `bundle` → `registry` (transport,
+//! authentication and retries as layers of one client) → `copy` (plan → execute → verify) and
+//! `inspect`.
+
+pub mod bundle;
+pub mod copy;
+pub mod credentials;
+pub mod digest;
+pub mod error;
+pub mod inspect;
+pub mod reference;
+pub mod registry;
+pub mod settings;
+
+pub use copy::{
+    BundleInfo, CopyOutcome, CopyRequest, Progress, ProgressSnapshot, RelocatedImage, copy_bundle,
+};
+pub use error::{CopyError, ErrorKind, Remedy, Side};
+pub use inspect::{InspectImage, InspectReport, inspect_bundle, resolve_digest};
+pub use registry::transport::validate_ca_pem;
+pub use settings::{EndpointOptions, EngineSettings};
+
+/// Install ring as the process-wide rustls crypto provider. Every TLS client in this process
+/// (registry and Kubernetes) uses it; calling twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

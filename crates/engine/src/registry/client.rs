@@ -1,0 +1,84 @@
+//! The registry client of one repository: transport (`transport`), retries (`retry`, applied in
+//! `http`) and authentication (`auth`) stacked under the operations of the distribution API that
+//! a copy needs (`manifests`, `blobs`).
+
+use url::Url;
+
+use super::auth::{Access, Authenticated};
+use super::http::Endpoint;
+use super::retry::RetryPolicy;
+use super::transport::{Transport, build_client, choose_transport};
+use crate::error::{CopyError, Side};
+use crate::reference::Reference;
+use crate::settings::{EndpointOptions, EngineSettings};
+
+/// A connected registry, bound to one repository and one kind of access.
+pub struct Registry {
+    pub(super) auth: Authenticated,
+    pub(super) repository: String,
+    /// Where blobs are mounted from (`Access::Push { mount_from }`).
+    pub(super) mount_from: Option<String>,
+}
+
+impl Registry {
+    /// Choose the transport, then ping `/v2/` to learn how the registry authenticates.
+    pub async fn connect(
+        side: Side,
+        reference: &Reference,
+        access: Access,
+        endpoint: &EndpointOptions,
+        settings: &EngineSettings,
+    ) -> Result<Registry, CopyError> {
+        let host = reference.api_host().to_string();
+        let transport = choose_transport(side, &host, endpoint, settings).await?;
+        let http = build_client(side, transport, endpoint, settings)?;
+        let base = Url::parse(&format!("{}://{host}/", transport.scheme())).map_err(|e| {
+            CopyError::InvalidSpec(format!("registry host {host:?} cannot form a URL: {e}"))
+        })?;
+        let candidates = endpoint
+            .credentials
+            .lookup(reference.registry(), reference.repository());
+        let repository = reference.repository().to_string();
+        let scope = access.scope(&repository);
+        let origin = Endpoint {
+            side,
+            name: reference.registry().to_string(),
+            base,
+            transport,
+            http,
+            policy: RetryPolicy {
+                max_attempts: settings.max_attempts,
+                max_retry_after: settings.max_retry_after,
+            },
+        };
+        let registry = Registry {
+            auth: Authenticated::new(origin, candidates, scope),
+            repository,
+            mount_from: match access {
+                Access::Push { mount_from } => mount_from,
+                Access::Pull => None,
+            },
+        };
+        tracing::debug!(side = %side, registry = %registry.name(), transport = transport.describe(),
+            credentials = registry.auth.credential_count(), "connecting");
+        registry.auth.ping().await?;
+        Ok(registry)
+    }
+
+    /// The registry as the reference names it.
+    pub fn name(&self) -> &str {
+        &self.auth.endpoint.name
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.auth.endpoint.transport
+    }
+
+    pub(super) fn endpoint(&self) -> &Endpoint {
+        &self.auth.endpoint
+    }
+
+    pub(super) fn policy(&self) -> &RetryPolicy {
+        &self.auth.endpoint.policy
+    }
+}

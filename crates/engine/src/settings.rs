@@ -1,0 +1,50 @@
+//! What a caller tells the engine: how to reach each endpoint and the process-wide knobs. The
+//! bottom of the engine: every other module may use these types, they use none of the others but
+//! the credentials they carry.
+
+use std::time::Duration;
+
+use crate::credentials::DockerConfig;
+
+/// How to reach one endpoint (source or destination) of a copy.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOptions {
+    /// Allow plain HTTP or an unverified certificate for this endpoint.
+    pub insecure: bool,
+    /// PEM CA certificates to trust for this endpoint (HTTPS verified against the system roots
+    /// plus these, on loopback too).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Credentials for this endpoint, most specific match first.
+    pub credentials: DockerConfig,
+}
+
+/// Process-wide knobs of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Blobs moved at once.
+    pub max_concurrent_blobs: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read or write on a connection.
+    pub io_timeout: Duration,
+    /// Attempts per request, and per blob transfer, before a transient error is reported (the
+    /// budget is described in `registry::retry`).
+    pub max_attempts: u32,
+    /// Longest wait honoured from a `Retry-After` header before giving up with `RateLimited`.
+    pub max_retry_after: Duration,
+    /// Extra PEM CA certificates trusted for every HTTPS registry (does not change the
+    /// transport choice of loopback registries).
+    pub extra_roots_pem: Option<Vec<u8>>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_concurrent_blobs: 8,
+            connect_timeout: Duration::from_secs(15),
+            io_timeout: Duration::from_secs(60),
+            max_attempts: 5,
+            max_retry_after: Duration::from_secs(60),
+            extra_roots_pem: None,
+        }
+    }
+}
