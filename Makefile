@@ -9,10 +9,11 @@ demo:
 	scripts/demo.sh
 
 # Installs what the tests need (docker-registry, skopeo, helm, kubernetes-validate) when missing,
-# then runs the whole suite.
+# then runs the whole suite. The e2e tests that need a cluster run only with KUBECONFIG set;
+# without it nextest reports them as skipped (.config/nextest.toml).
 test: test-deps
 	@if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --locked --profile ci; \
+	  cargo nextest run --locked --profile $(if $(KUBECONFIG),ci-cluster,ci); \
 	else \
 	  cargo test --locked; \
 	fi
@@ -24,9 +25,10 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-# Regenerate the CRD after changing src/api.rs.
+# Regenerate the CRD (and the chart's copy) after changing src/operator/crd.rs.
 crd:
 	cargo run --quiet -- crd > crds/bundlecopies.bundlecopy.dev.yaml
+	cp crds/bundlecopies.bundlecopy.dev.yaml charts/bundlecopy-operator/crds/
 
 bench:
 	bench/run.sh

@@ -110,68 +110,136 @@ fn engine_settings(args: &ControllerArgs) -> anyhow::Result<EngineSettings> {
 
 /// Runs the controller until SIGTERM/SIGINT. With leader election it reconciles only while it
 /// holds the Lease; a leader that loses it steps down and becomes a candidate again.
+///
+/// Start-up in named steps: settings from the flags, the health server and signal handling,
+/// the connection to the API server, then reconciling (with or without election) until a
+/// shutdown, and last the health server's end.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    init_logging(&args)?;
-    bundlecopy_engine::install_crypto_provider();
-    let lease = args.lease_settings();
-    if args.leader_election {
-        lease.timing.validate().map_err(anyhow::Error::msg)?;
-    }
-    let engine = engine_settings(&args)?;
-
-    // The HTTP server comes up first so that /healthz answers and /readyz says `starting` while
-    // the API server, the CRD and the Lease are checked.
-    let metrics = Arc::new(Metrics::new());
-    // Only a leader writes: the fence closes at the renew deadline, before any take-over.
-    let fence = if args.leader_election {
-        leader::Fence::closed()
-    } else {
-        leader::Fence::always_open()
-    };
-    let readiness = Readiness::new(metrics.leader.clone()).with_fence(fence.clone());
-    let (shutdown_sender, shutdown) = signal::channel(false);
-    handle_signals(shutdown_sender.clone(), readiness.clone());
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    let server = tokio::spawn(health::serve(
-        listener,
-        metrics.clone(),
-        readiness.clone(),
-        until_set(shutdown.clone()),
-    ));
-
+    let settings = Settings::from_flags(&args)?;
+    let process = Process::start(&args, &settings.fence).await?;
     // A shutdown while the API server is slow to answer must not wait for its timeouts.
     let config = tokio::select! {
         config = connect(&args) => Some(config?),
-        () = until_set(shutdown.clone()) => None,
+        () = until_set(process.shutdown.clone()) => None,
     };
     if let Some(config) = config {
-        let reconciling = Reconciling {
-            args: &args,
-            client: api_client::build(config.clone(), API_REQUEST_TIMEOUT, Some(fence.clone()))
-                .context("setting up the Kubernetes client")?,
-            metrics,
-            engine,
-            shutdown: shutdown.clone(),
-        };
+        reconcile_until_shutdown(&args, settings, &process, config).await?;
+    }
+    process.stop().await
+}
+
+/// What the flags decide before anything starts.
+struct Settings {
+    lease: leader::LeaseSettings,
+    engine: EngineSettings,
+    /// Only a leader writes: the fence closes at the renew deadline, before any take-over.
+    fence: leader::Fence,
+}
+
+impl Settings {
+    fn from_flags(args: &ControllerArgs) -> anyhow::Result<Settings> {
+        init_logging(args)?;
+        bundlecopy_engine::install_crypto_provider();
+        let lease = args.lease_settings();
         if args.leader_election {
-            let lease_client = api_client::build(config, API_REQUEST_TIMEOUT, None)
-                .context("setting up the Kubernetes client")?;
-            lead_while_elected(&reconciling, lease_client, lease, fence, &readiness).await?;
-        } else {
-            readiness.set(Role::Running);
-            reconciling.run().await;
+            lease.timing.validate().map_err(anyhow::Error::msg)?;
         }
+        Ok(Settings {
+            lease,
+            engine: engine_settings(args)?,
+            fence: if args.leader_election {
+                leader::Fence::closed()
+            } else {
+                leader::Fence::always_open()
+            },
+        })
     }
-    readiness.set(Role::Stopping);
-    let _ = shutdown_sender.send(true);
-    match server.await {
-        Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,
-        Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
+}
+
+/// The process around the controllers: metrics, readiness, the shutdown flag set by signals,
+/// and the /healthz, /readyz and /metrics server.
+struct Process {
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown_sender: signal::Sender<bool>,
+    shutdown: signal::Receiver<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Process {
+    /// The HTTP server comes up first so that /healthz answers and /readyz says `starting`
+    /// while the API server, the CRD and the Lease are checked.
+    async fn start(args: &ControllerArgs, fence: &leader::Fence) -> anyhow::Result<Process> {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Readiness::new(metrics.leader.clone()).with_fence(fence.clone());
+        let (shutdown_sender, shutdown) = signal::channel(false);
+        handle_signals(shutdown_sender.clone(), readiness.clone());
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        let server = tokio::spawn(health::serve(
+            listener,
+            metrics.clone(),
+            readiness.clone(),
+            until_set(shutdown.clone()),
+        ));
+        Ok(Process {
+            metrics,
+            readiness,
+            shutdown_sender,
+            shutdown,
+            server,
+        })
     }
-    tracing::info!("controller stopped");
-    Ok(())
+
+    /// Stop serving and wait for the server to end.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.readiness.set(Role::Stopping);
+        let _ = self.shutdown_sender.send(true);
+        match self.server.await {
+            Ok(result) => result.context("serving /healthz, /readyz and /metrics")?,
+            Err(error) => tracing::warn!(%error, "the HTTP server task failed"),
+        }
+        tracing::info!("controller stopped");
+        Ok(())
+    }
+}
+
+/// Reconcile, as the leader or alone, until a shutdown.
+async fn reconcile_until_shutdown(
+    args: &ControllerArgs,
+    settings: Settings,
+    process: &Process,
+    config: kube::Config,
+) -> anyhow::Result<()> {
+    let reconciling = Reconciling {
+        args,
+        client: api_client::build(
+            config.clone(),
+            API_REQUEST_TIMEOUT,
+            Some(settings.fence.clone()),
+        )
+        .context("setting up the Kubernetes client")?,
+        metrics: process.metrics.clone(),
+        engine: settings.engine,
+        shutdown: process.shutdown.clone(),
+    };
+    if args.leader_election {
+        let lease_client = api_client::build(config, API_REQUEST_TIMEOUT, None)
+            .context("setting up the Kubernetes client")?;
+        lead_while_elected(
+            &reconciling,
+            lease_client,
+            settings.lease,
+            settings.fence,
+            &process.readiness,
+        )
+        .await
+    } else {
+        process.readiness.set(Role::Running);
+        reconciling.run().await;
+        Ok(())
+    }
 }
 
 /// Terms of leadership until shutdown: stand by until the Lease is ours, reconcile while it is,

@@ -16,9 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Deserialize as _;
 
 use super::context::{Context, Error, memory_key};
-use super::crd::{
-    BundleCopy, BundleCopySpec, BundleCopyStatus, CopyProgress, FIELD_MANAGER, condition_types,
-};
+use super::crd::{BundleCopy, BundleCopySpec, BundleCopyStatus, FIELD_MANAGER, condition_types};
 use super::decide::{self, CopyCause, Plan, Verdict};
 use super::failure::Failure;
 use super::reason::Reason;
@@ -135,83 +133,146 @@ async fn read_untyped(
     Ok(Some((spec, status)))
 }
 
-impl Run {
-    async fn reconcile(self, namespace: String) -> Result<Action, Error> {
-        let spec = match &self.spec {
-            Ok(spec) => spec.clone(),
-            Err(problem) => {
-                let failure = Failure::permanent(Reason::InvalidSpec, problem.clone());
-                return self.fail(None, failure, false).await;
-            }
-        };
-        let valid = match validate(&spec) {
-            Ok(valid) => valid,
-            Err(message) => {
-                return self
-                    .fail(
-                        None,
-                        Failure::permanent(Reason::InvalidSpec, message),
-                        false,
-                    )
-                    .await;
-            }
-        };
-        if spec.suspend {
-            return self.suspended(&valid).await;
+/// Why a reconcile ends before a copy.
+enum Stop {
+    /// A failure for the status (`destination` when the spec could be resolved).
+    Failed {
+        destination: Option<String>,
+        failure: Failure,
+    },
+    Suspended(ValidSpec),
+    /// The copy of this generation is in place; the source was checked this long ago.
+    UpToDate(ValidSpec, Option<Duration>),
+    /// The API server failed: the error policy's backoff applies.
+    Api(Error),
+}
+
+impl Stop {
+    fn failed(destination: Option<&str>, failure: Failure) -> Stop {
+        Stop::Failed {
+            destination: destination.map(str::to_string),
+            failure,
         }
+    }
+}
 
-        let secret_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let (source_endpoint, destination_endpoint) =
-            match secrets::read_endpoints(&secret_api, &spec).await {
-                Ok(endpoints) => endpoints,
-                Err(ReadError::Problem(problem)) => {
-                    let failure = Failure::permanent(problem.reason, problem.message);
-                    return self.fail(Some(&valid.destination), failure, false).await;
-                }
-                Err(error @ ReadError::Api { .. }) => {
-                    return Err(Error::ReadSecret(Box::new(error)));
-                }
-            };
+/// What a copy needs once the reconcile decided on one.
+struct CopyJob {
+    spec: BundleCopySpec,
+    valid: ValidSpec,
+    cause: CopyCause,
+    source: EndpointOptions,
+    destination: EndpointOptions,
+}
 
+impl Run {
+    /// validate → Secrets → decide (verifying with one HEAD each when a copy is in place) →
+    /// copy → status. Each step is a method below; a step that ends the reconcile returns a
+    /// `Stop`, which `stop` turns into the status and the requeue.
+    async fn reconcile(self, namespace: String) -> Result<Action, Error> {
+        match self.decide(&namespace).await {
+            Ok(job) => self.copy(job).await,
+            Err(stop) => self.stop(stop).await,
+        }
+    }
+
+    async fn decide(&self, namespace: &str) -> Result<CopyJob, Stop> {
+        let (spec, valid) = self.validated()?;
+        if spec.suspend {
+            return Err(Stop::Suspended(valid));
+        }
+        let (source, destination) = self.endpoints(namespace, &spec, &valid).await?;
+        let cause = self
+            .copy_cause(&spec, &valid, &source, &destination)
+            .await?;
+        Ok(CopyJob {
+            spec,
+            valid,
+            cause,
+            source,
+            destination,
+        })
+    }
+
+    /// Step 1: a spec that parses and validates.
+    fn validated(&self) -> Result<(BundleCopySpec, ValidSpec), Stop> {
+        let invalid =
+            |message: String| Stop::failed(None, Failure::permanent(Reason::InvalidSpec, message));
+        let spec = self.spec.clone().map_err(invalid)?;
+        let valid = validate(&spec).map_err(invalid)?;
+        Ok((spec, valid))
+    }
+
+    /// Step 2: credentials and CA certificates from the Secrets the spec names.
+    async fn endpoints(
+        &self,
+        namespace: &str,
+        spec: &BundleCopySpec,
+        valid: &ValidSpec,
+    ) -> Result<(EndpointOptions, EndpointOptions), Stop> {
+        let secret_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+        secrets::read_endpoints(&secret_api, spec)
+            .await
+            .map_err(|error| match error {
+                ReadError::Problem(problem) => Stop::failed(
+                    Some(&valid.destination),
+                    Failure::permanent(problem.reason, problem.message),
+                ),
+                error @ ReadError::Api { .. } => Stop::Api(Error::ReadSecret(Box::new(error))),
+            })
+    }
+
+    /// Step 3: why to copy, or why not (`decide::plan`, then `verify` when a copy is in place).
+    async fn copy_cause(
+        &self,
+        spec: &BundleCopySpec,
+        valid: &ValidSpec,
+        source: &EndpointOptions,
+        destination: &EndpointOptions,
+    ) -> Result<CopyCause, Stop> {
         let since_source_check = self.since_source_check();
         let check_due =
             decide::source_check_due(valid.interval, valid.source_is_digest, since_source_check);
-        let cause = match decide::plan(
+        let recheck_source = match decide::plan(
             self.generation,
             &self.current,
             &valid.destination,
             check_due,
         ) {
-            Plan::Copy(cause) => cause,
-            Plan::Verify { recheck_source } => {
-                match self
-                    .verify(
-                        &spec,
-                        &valid,
-                        &source_endpoint,
-                        &destination_endpoint,
-                        recheck_source,
-                    )
-                    .await
-                {
-                    Ok(Verdict::UpToDate) => {
-                        let since = if recheck_source {
-                            Some(Duration::ZERO)
-                        } else {
-                            since_source_check
-                        };
-                        return self.up_to_date(&valid, since).await;
-                    }
-                    Ok(Verdict::Copy(cause)) => cause,
-                    Err(error) => {
-                        let failure = Failure::from_copy_error_in(&error, Some(&spec));
-                        return self.fail(Some(&valid.destination), failure, false).await;
-                    }
-                }
-            }
+            Plan::Copy(cause) => return Ok(cause),
+            Plan::Verify { recheck_source } => recheck_source,
         };
-        self.copy(&spec, &valid, cause, source_endpoint, destination_endpoint)
+        match self
+            .verify(spec, valid, source, destination, recheck_source)
             .await
+        {
+            Ok(Verdict::Copy(cause)) => Ok(cause),
+            Ok(Verdict::UpToDate) => {
+                let since = if recheck_source {
+                    Some(Duration::ZERO)
+                } else {
+                    since_source_check
+                };
+                Err(Stop::UpToDate(valid.clone(), since))
+            }
+            Err(error) => Err(Stop::failed(
+                Some(&valid.destination),
+                Failure::from_copy_error_in(&error, Some(spec)),
+            )),
+        }
+    }
+
+    /// The status and requeue of a reconcile that ends without a copy.
+    async fn stop(self, stop: Stop) -> Result<Action, Error> {
+        match stop {
+            Stop::Failed {
+                destination,
+                failure,
+            } => self.fail(destination.as_deref(), failure, false).await,
+            Stop::Suspended(valid) => self.suspended(&valid).await,
+            Stop::UpToDate(valid, since) => self.up_to_date(&valid, since).await,
+            Stop::Api(error) => Err(error),
+        }
     }
 
     /// One HEAD at the destination and, when due, one at the source.
@@ -258,14 +319,8 @@ impl Run {
         Ok(verdict)
     }
 
-    async fn copy(
-        mut self,
-        spec: &BundleCopySpec,
-        valid: &ValidSpec,
-        cause: CopyCause,
-        source_endpoint: EndpointOptions,
-        destination_endpoint: EndpointOptions,
-    ) -> Result<Action, Error> {
+    /// Step 4: the copy, in a copy slot, its progress written every few seconds.
+    async fn copy(mut self, job: CopyJob) -> Result<Action, Error> {
         let _slot = self
             .ctx
             .copy_slots
@@ -273,26 +328,57 @@ impl Run {
             .acquire_owned()
             .await
             .map_err(|_| Error::ShuttingDown)?;
+        let CopyJob {
+            spec,
+            valid,
+            cause,
+            source,
+            destination,
+        } = job;
         let request = CopyRequest {
             source: spec.source.reference.clone(),
             destination: spec.destination.reference.clone(),
-            source_endpoint,
-            destination_endpoint,
+            source_endpoint: source,
+            destination_endpoint: destination,
             // A moved source tag is only acted on after a HEAD showed the destination still holds
             // our own last copy: replacing it is what `interval` asks for, not a clobber.
             force: spec.force || cause == CopyCause::SourceMoved,
             settings: self.ctx.engine.clone(),
         };
         let progress = Progress::default();
-        let copying = |progress: CopyProgress| Phase::Copying {
-            progress,
+        self.copy_started(&spec, &valid, cause, &progress).await?;
+        self.ctx.metrics.copies_in_flight.inc();
+        let started = Instant::now();
+        let result = self
+            .copy_reporting_progress(&request, &valid, cause, &progress)
+            .await;
+        self.ctx.metrics.copies_in_flight.dec();
+        self.ctx
+            .metrics
+            .record_copy(started.elapsed().as_secs_f64(), &progress.snapshot());
+        match result {
+            Ok(outcome) => self.copied(&valid, &outcome).await,
+            Err(error) => {
+                tracing::warn!(%error, "copy failed");
+                let failure = Failure::from_copy_error_in(&error, Some(&spec));
+                self.fail(Some(&valid.destination), failure, true).await
+            }
+        }
+    }
+
+    /// The status says Copying, and a CopyStarted event says why.
+    async fn copy_started(
+        &mut self,
+        spec: &BundleCopySpec,
+        valid: &ValidSpec,
+        cause: CopyCause,
+        progress: &Progress,
+    ) -> Result<(), Error> {
+        let copying = Phase::Copying {
+            progress: progress.snapshot().into(),
             cause: cause.describe(),
         };
-        self.write(
-            Some(&valid.destination),
-            copying(progress.snapshot().into()),
-        )
-        .await?;
+        self.write(Some(&valid.destination), copying).await?;
         let started_note = format!(
             "copying {} to {} because {}",
             spec.source.reference,
@@ -307,39 +393,36 @@ impl Run {
         )
         .await;
         tracing::info!(cause = cause.describe(), "copy started");
+        Ok(())
+    }
 
-        self.ctx.metrics.copies_in_flight.inc();
-        let started = Instant::now();
-        let result = {
-            let copy = copy_bundle(&request, &progress);
-            tokio::pin!(copy);
-            let every = self.ctx.progress_every;
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            // A slow API server must not cause a burst of catch-up patches.
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    result = &mut copy => break result,
-                    _ = ticker.tick() => {
-                        // Progress is best effort: a failed patch must not abort the copy.
-                        if let Err(error) = self.write(Some(&valid.destination), copying(progress.snapshot().into())).await {
-                            tracing::warn!(%error, "could not report copy progress");
-                        }
+    /// Runs the copy; meanwhile its progress goes to the status every `progress_every`.
+    async fn copy_reporting_progress(
+        &mut self,
+        request: &CopyRequest,
+        valid: &ValidSpec,
+        cause: CopyCause,
+        progress: &Progress,
+    ) -> Result<CopyOutcome, CopyError> {
+        let copy = copy_bundle(request, progress);
+        tokio::pin!(copy);
+        let every = self.ctx.progress_every;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A slow API server must not cause a burst of catch-up patches.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut copy => return result,
+                _ = ticker.tick() => {
+                    let copying = Phase::Copying {
+                        progress: progress.snapshot().into(),
+                        cause: cause.describe(),
+                    };
+                    // Progress is best effort: a failed patch must not abort the copy.
+                    if let Err(error) = self.write(Some(&valid.destination), copying).await {
+                        tracing::warn!(%error, "could not report copy progress");
                     }
                 }
-            }
-        };
-        self.ctx.metrics.copies_in_flight.dec();
-        self.ctx
-            .metrics
-            .record_copy(started.elapsed().as_secs_f64(), &progress.snapshot());
-
-        match result {
-            Ok(outcome) => self.copied(valid, &outcome).await,
-            Err(error) => {
-                tracing::warn!(%error, "copy failed");
-                let failure = Failure::from_copy_error_in(&error, Some(spec));
-                self.fail(Some(&valid.destination), failure, true).await
             }
         }
     }

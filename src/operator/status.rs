@@ -42,81 +42,178 @@ pub fn next_status(
     phase: Phase<'_>,
     now: Timestamp,
 ) -> BundleCopyStatus {
+    let now = Time(round_to_seconds(now));
+    let mut next = start_from(current, generation, destination);
+    let conditions = Conditions::of(&phase, &next);
+    record_facts(&mut next, phase, &now);
+    next.conditions = conditions.build(current.conditions.as_slice(), generation, &now);
+    next
+}
+
+/// The owned part of `current` for this generation, without the copy facts when the destination
+/// changed.
+fn start_from(
+    current: &BundleCopyStatus,
+    generation: i64,
+    destination: Option<&str>,
+) -> BundleCopyStatus {
     let mut next = owned_view(current);
     next.observed_generation = Some(generation);
-    if let Some(destination) = destination
-        && next.destination.as_deref() != Some(destination)
-    {
-        next = BundleCopyStatus {
+    match destination {
+        Some(destination) if next.destination.as_deref() != Some(destination) => BundleCopyStatus {
             observed_generation: next.observed_generation,
             conditions: next.conditions,
             destination: Some(destination.to_string()),
             ..Default::default()
-        };
+        },
+        _ => next,
     }
-    let now = Time(round_to_seconds(now));
-    let previous = current.conditions.as_slice();
-    let condition = |type_: &str, status: bool, reason: &str, message: String| {
-        make_condition(previous, type_, status, reason, message, generation, &now)
-    };
-    let mut conditions: Vec<Condition> = Vec::with_capacity(3);
-    match phase {
-        Phase::Copying { progress, cause } => {
-            // Ready keeps what it said: the previous copy is still in place while the new one runs.
-            conditions.extend(next.condition(condition_types::READY).cloned());
-            let message = format!(
-                "copying to {} because {cause}",
-                next.destination.as_deref().unwrap_or("the destination")
-            );
-            conditions.push(condition(
-                condition_types::RECONCILING,
-                true,
-                REASON_COPYING,
+}
+
+/// One condition's status, reason and message.
+struct Said {
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn said(status: bool, reason: &str, message: impl Into<String>) -> Said {
+    Said {
+        status,
+        reason: reason.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What a phase says in the three conditions: the table of phases → conditions.
+struct Conditions {
+    /// `None`: Ready keeps what it said (`kept`), e.g. the previous copy is still in place while
+    /// a new one runs.
+    ready: Option<Said>,
+    kept: Option<Condition>,
+    reconciling: Said,
+    stalled: Said,
+}
+
+impl Conditions {
+    fn of(phase: &Phase<'_>, next: &BundleCopyStatus) -> Conditions {
+        let kept = next.condition(condition_types::READY).cloned();
+        let settled = |ready: Option<Said>, reason: &str, stalled: Said| Conditions {
+            ready,
+            kept: kept.clone(),
+            reconciling: said(false, reason, ""),
+            stalled,
+        };
+        match phase {
+            Phase::Copying { cause, .. } => Conditions {
+                ready: None,
+                kept: kept.clone(),
+                reconciling: said(
+                    true,
+                    REASON_COPYING,
+                    format!(
+                        "copying to {} because {cause}",
+                        next.destination.as_deref().unwrap_or("the destination")
+                    ),
+                ),
+                stalled: said(false, REASON_COPYING, ""),
+            },
+            Phase::Copied { outcome } => {
+                let (reason, message) = copied_message(outcome);
+                let reason = reason.as_str();
+                settled(
+                    Some(said(true, reason, message)),
+                    reason,
+                    said(false, reason, ""),
+                )
+            }
+            Phase::Verified => {
+                let reason = kept
+                    .as_ref()
+                    .map_or(Reason::UpToDate.as_str(), |ready| ready.reason.as_str())
+                    .to_string();
+                settled(None, &reason, said(false, &reason, ""))
+            }
+            Phase::Failed {
+                reason,
                 message,
-            ));
-            conditions.push(condition(
-                condition_types::STALLED,
-                false,
-                REASON_COPYING,
-                String::new(),
-            ));
-            next.progress = Some(progress);
+                stalled,
+            } => {
+                let reason = reason.as_str();
+                let why = if *stalled {
+                    "only a change of the spec or of a Secret can fix this; see the Ready condition"
+                } else {
+                    "the error may be temporary; retrying with backoff"
+                };
+                settled(
+                    Some(said(false, reason, *message)),
+                    reason,
+                    said(*stalled, reason, why),
+                )
+            }
+            Phase::Suspended => {
+                let reason = Reason::Suspended.as_str();
+                let message = "spec.suspend is true: no registry is contacted; set it to false to \
+                               resume copying";
+                settled(
+                    Some(said(false, reason, message)),
+                    reason,
+                    said(false, reason, ""),
+                )
+            }
         }
+    }
+
+    /// The conditions, each keeping its `lastTransitionTime` from `previous` when its status
+    /// did not change.
+    fn build(self, previous: &[Condition], generation: i64, now: &Time) -> Vec<Condition> {
+        let condition = |type_: &str, said: Said| {
+            make_condition(
+                previous,
+                type_,
+                said.status,
+                &said.reason,
+                said.message,
+                generation,
+                now,
+            )
+        };
+        let ready = match self.ready {
+            Some(ready) => Some(condition(condition_types::READY, ready)),
+            None => self.kept,
+        };
+        ready
+            .into_iter()
+            .chain([
+                condition(condition_types::RECONCILING, self.reconciling),
+                condition(condition_types::STALLED, self.stalled),
+            ])
+            .collect()
+    }
+}
+
+/// Ready's reason and message after a copy.
+fn copied_message(outcome: &CopyOutcome) -> (Reason, String) {
+    if outcome.up_to_date {
+        let message = format!(
+            "{} already holds {} from {}",
+            outcome.destination, outcome.destination_digest, outcome.source
+        );
+        (Reason::UpToDate, message)
+    } else {
+        let message = format!(
+            "copied {} to {} ({})",
+            outcome.source, outcome.destination, outcome.destination_digest
+        );
+        (Reason::Copied, message)
+    }
+}
+
+/// The facts a phase adds: progress while copying, what was copied after a copy.
+fn record_facts(next: &mut BundleCopyStatus, phase: Phase<'_>, now: &Time) {
+    match phase {
+        Phase::Copying { progress, .. } => next.progress = Some(progress),
         Phase::Copied { outcome } => {
-            let reason = if outcome.up_to_date {
-                Reason::UpToDate
-            } else {
-                Reason::Copied
-            };
-            let message = if outcome.up_to_date {
-                format!(
-                    "{} already holds {} from {}",
-                    outcome.destination, outcome.destination_digest, outcome.source
-                )
-            } else {
-                format!(
-                    "copied {} to {} ({})",
-                    outcome.source, outcome.destination, outcome.destination_digest
-                )
-            };
-            conditions.push(condition(
-                condition_types::READY,
-                true,
-                reason.as_str(),
-                message,
-            ));
-            conditions.push(condition(
-                condition_types::RECONCILING,
-                false,
-                reason.as_str(),
-                String::new(),
-            ));
-            conditions.push(condition(
-                condition_types::STALLED,
-                false,
-                reason.as_str(),
-                String::new(),
-            ));
             next.source_digest = Some(outcome.source_digest.clone());
             // The resolved destination of the spec stays the key that later reconciles compare.
             next.destination
@@ -139,82 +236,8 @@ pub fn next_status(
             next.progress = Some(outcome.progress.into());
             next.last_copy_time = Some(now.clone());
         }
-        Phase::Verified => {
-            let ready = next.condition(condition_types::READY).cloned();
-            let reason = ready
-                .as_ref()
-                .map_or(Reason::UpToDate.as_str(), |r| r.reason.as_str())
-                .to_string();
-            conditions.extend(ready);
-            conditions.push(condition(
-                condition_types::RECONCILING,
-                false,
-                &reason,
-                String::new(),
-            ));
-            conditions.push(condition(
-                condition_types::STALLED,
-                false,
-                &reason,
-                String::new(),
-            ));
-        }
-        Phase::Failed {
-            reason,
-            message,
-            stalled,
-        } => {
-            conditions.push(condition(
-                condition_types::READY,
-                false,
-                reason.as_str(),
-                message.to_string(),
-            ));
-            conditions.push(condition(
-                condition_types::RECONCILING,
-                false,
-                reason.as_str(),
-                String::new(),
-            ));
-            let stalled_message = if stalled {
-                "only a change of the spec or of a Secret can fix this; see the Ready condition"
-                    .to_string()
-            } else {
-                "the error may be temporary; retrying with backoff".to_string()
-            };
-            conditions.push(condition(
-                condition_types::STALLED,
-                stalled,
-                reason.as_str(),
-                stalled_message,
-            ));
-        }
-        Phase::Suspended => {
-            let reason = Reason::Suspended.as_str();
-            let message =
-                "spec.suspend is true: no registry is contacted; set it to false to resume copying";
-            conditions.push(condition(
-                condition_types::READY,
-                false,
-                reason,
-                message.to_string(),
-            ));
-            conditions.push(condition(
-                condition_types::RECONCILING,
-                false,
-                reason,
-                String::new(),
-            ));
-            conditions.push(condition(
-                condition_types::STALLED,
-                false,
-                reason,
-                String::new(),
-            ));
-        }
+        Phase::Verified | Phase::Failed { .. } | Phase::Suspended => {}
     }
-    next.conditions = conditions;
-    next
 }
 
 /// A condition that keeps its `lastTransitionTime` when its status did not change.
