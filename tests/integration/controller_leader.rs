@@ -1,6 +1,6 @@
 //! Leader election when the leader's link to the API server goes silent: two real
 //! `bundlecopy controller` processes, `a` and `b`, elect a leader through the shared fake API
-//! server (`controller_fake_api`), while copies whose source blobs a proxy stalls are in flight.
+//! server (`support::fake_api`), while copies whose source blobs a proxy stalls are in flight.
 //!
 //! The link of the leader (`a`) is then frozen — requests held unanswered on open connections,
 //! the way a network that drops packets looks — either inside the fake API server or by a TCP
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::json;
 
-use crate::controller_fake_api::{
+use crate::support::fake_api::{
     ApiState, ControllerProcess, FakeApiServer, SeenRequest, bundle_copy_object,
 };
 use crate::support::frozen_link::FrozenLink;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::controller_fake_api::{
+use crate::support::fake_api::{
     ApiState, ControllerProcess, FakeApiServer, bundle_copy_object, ready_of,
 };
 use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};

@@ -3,7 +3,7 @@
 //! the destination (no re-upload, no re-download), and the destination ends up holding the whole
 //! bundle. Real registries behind fault proxies (the source's blob bodies are stalled so the copy
 //! is slow enough to interrupt; the proxies count requests), the fake API server of
-//! `controller_fake_api`. `cargo test --test integration controller_restart`
+//! `support::fake_api`. `cargo test --test integration controller_restart`
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::json;
 
-use crate::controller_fake_api::{
+use crate::support::fake_api::{
     ApiState, ControllerProcess, FakeApiServer, bundle_copy_object, ready_of,
 };
 use crate::support::{

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use bundlecopy::operator::args::ControllerArgs;
 
-use crate::controller_fake_api::{ResponseBody, json_response, not_found};
+use crate::support::fake_api::{ResponseBody, json_response, not_found};
 use crate::support::process::{spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
 use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};

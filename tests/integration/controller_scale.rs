@@ -1,5 +1,5 @@
 //! The controller at scale: the real `bundlecopy controller` process against the fake API server
-//! of `controller_fake_api` holding 1,000 BundleCopies that are all up to date (each status is
+//! of `support::fake_api` holding 1,000 BundleCopies that are all up to date (each status is
 //! exactly what the controller writes after a copy, and each destination tag holds the bundle).
 //! One resync pass (the startup list) must make no status patch and send no Event, at most one
 //! manifest HEAD per resource at the destination and nothing at all to the source (the source
@@ -23,8 +23,8 @@ use bundlecopy::operator::status::{Phase, next_status};
 use bundlecopy::operator::validate::validate;
 use bundlecopy_engine::{EndpointOptions, Progress, copy_bundle};
 
-use crate::controller_fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::faults::{copy_request, fast_settings, proxied};
+use crate::support::fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::support::{
     BundleSpec, DockerConfig, FaultProxy, ImageFormat, PathKind, RegistryKind, TestRegistry,
     push_bundle,

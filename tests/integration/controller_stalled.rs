@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::controller_fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
+use crate::support::fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::support::{
     BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle, push_plain_image,
 };

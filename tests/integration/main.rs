@@ -3,10 +3,10 @@
 
 mod support;
 
+mod architecture;
 mod bad_input;
 mod chart;
 mod controller;
-mod controller_fake_api;
 mod controller_leader;
 mod controller_loop;
 mod controller_malformed;

@@ -35,6 +35,7 @@
 pub mod bundle;
 pub mod check;
 pub mod client;
+pub mod fake_api;
 pub mod frozen_link;
 pub mod process;
 pub mod proxy;
