@@ -1,8 +1,7 @@
-//! The fake Kubernetes API server of the process-level controller tests (`controller_restart`,
-//! `controller_scale`, `controller_stalled`, `controller_malformed`, `controller_leader`, and the
-//! response helpers of `controller_run`): a small API server on loopback (real HTTP) holding any
-//! number of BundleCopies in one namespace, and the real `bundlecopy controller` binary run
-//! against it.
+//! The fake Kubernetes API server of the process-level controller tests (`controller::restart`,
+//! `scale`, `stalled`, `malformed`, `leader`, and the response helpers of `controller::process`):
+//! a small API server on loopback (real HTTP) holding any number of BundleCopies in one
+//! namespace, and the real `bundlecopy controller` binary run against it.
 //!
 //! The server lists BundleCopies and Secret metadata, serves Secret GETs, applies status patches
 //! to the objects it holds (so a restarted controller sees what the previous one wrote), records

@@ -3,7 +3,7 @@
 //! each reconciled once, written once (the fake API server echoes every status patch as a
 //! MODIFIED watch event, as a real one does) and then left alone: no hot loop. Creating the
 //! missing Secret triggers exactly one more reconcile, which copies the bundle.
-//! `cargo test --test integration controller_stalled`
+//! `cargo test --test integration controller::stalled`
 
 use std::time::Duration;
 

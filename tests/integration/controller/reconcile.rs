@@ -1,7 +1,7 @@
 //! Reconcile scenarios: the real `reconcile` against a mocked API server (tower-test) and REAL
 //! loopback registries behind the copy. Each test asserts the exact API requests: Secret reads,
 //! status patches (server-side apply) and Event posts, in order, and that nothing else is sent.
-//! `cargo test --test integration controller`
+//! `cargo test --test integration controller::reconcile`
 
 use std::sync::Arc;
 use std::time::Duration;

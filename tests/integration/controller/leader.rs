@@ -9,7 +9,7 @@
 //! which takes over once the lease runs out; a freeze shorter than the renew deadline must change
 //! nothing. And a new leader tries an object whose last attempt failed once, not twice.
 //!
-//! `cargo nextest run --test integration controller_leader`
+//! `cargo nextest run --test integration controller::leader`
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the destination (no re-upload, no re-download), and the destination ends up holding the whole
 //! bundle. Real registries behind fault proxies (the source's blob bodies are stalled so the copy
 //! is slow enough to interrupt; the proxies count requests), the fake API server of
-//! `support::fake_api`. `cargo test --test integration controller_restart`
+//! `support::fake_api`. `cargo test --test integration controller::restart`
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! at a small fake API server on loopback (real HTTP), leader election on, real registries
 //! behind the copy, SIGTERM at the end. The test re-runs its own binary with one test selected
 //! (`controller_run_child`) so that the child has its own signal handlers and environment.
-//! `cargo test --test integration controller_run`
+//! `cargo test --test integration controller::process`
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -208,7 +208,7 @@ fn spawn_controller(
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
-            "controller_run::controller_run_child",
+            "controller::process::controller_run_child",
             "--exact",
             "--nocapture",
             "--test-threads",

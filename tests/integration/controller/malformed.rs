@@ -4,7 +4,7 @@
 //! crash or stall its watch (kube-rs/kube#774); each malformed object gets Ready False /
 //! InvalidSpec naming what is wrong, written once (a restarted controller reads the stored status
 //! and writes nothing); the good one is copied; a malformed one whose spec is fixed is copied.
-//! `cargo test --test integration controller_malformed`
+//! `cargo test --test integration controller::malformed`
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! A second scenario puts the destination behind bearer-token auth with a credentials Secret.
 //! The figures are printed (`--nocapture`); `bench/controller-scale.sh` runs this test and
 //! reports them. `BUNDLECOPY_SCALE_RESOURCES` changes the number of resources.
-//! `cargo test --test integration controller_scale`
+//! `cargo test --test integration controller::scale`
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The controller loop itself (`controller_stream`) against a mocked API server that streams
 //! watch events: the initial lists and watches, a reconcile per BundleCopy, no reconcile for our
 //! own status write (generation predicate), and a reconcile when a Secret the BundleCopy names
-//! changes, none for other Secrets. `cargo test --test integration controller_loop`
+//! changes, none for other Secrets. `cargo test --test integration controller::watch`
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -1,0 +1,16 @@
+//! The controller's tests, by subject. In-process, against a mocked API server (tower-test):
+//! `reconcile` (one reconcile's exact API requests, real registries behind the copy) and `watch`
+//! (the controller loop: which watch events start a reconcile). As processes, against the fake
+//! API server of `support::fake_api`: `process` (start-up, readiness, SIGTERM), `leader` (leader
+//! election between real controllers), `restart` (a controller killed mid-copy), `stalled` (a
+//! registry that stops answering), `malformed` (objects that do not deserialize) and `scale`
+//! (1,000 BundleCopies).
+
+mod leader;
+mod malformed;
+mod process;
+mod reconcile;
+mod restart;
+mod scale;
+mod stalled;
+mod watch;
