@@ -35,6 +35,25 @@ pub enum Credential {
     RegistryToken(String),
 }
 
+impl Credential {
+    /// What kind of credential this is, for messages (never its value).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Basic { .. } => "username/password",
+            Credential::IdentityToken(_) => "identity token",
+            Credential::RegistryToken(_) => "registry token",
+        }
+    }
+
+    /// The bearer token a registry token is.
+    pub fn bearer_token(&self) -> Option<&str> {
+        match self {
+            Credential::RegistryToken(token) => Some(token),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

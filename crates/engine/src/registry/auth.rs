@@ -251,96 +251,58 @@ impl Authenticated {
         Ok(())
     }
 
+    /// A bearer token for `scope` from the token server at `realm`: each matching credential in
+    /// turn (the one that last worked first), or anonymously when none matches.
     async fn fetch_token(
         &self,
         realm: &str,
         service: Option<&str>,
         scope: &str,
     ) -> Result<HeaderValue, CopyError> {
-        let realm_url = Url::parse(realm)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                self.endpoint.auth_error(format!(
-                    "the registry's token realm {realm:?} is not an http(s) URL"
-                ))
-            })?;
-        let mut get_url = realm_url.clone();
-        {
-            let mut query = get_url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
-            }
-            for s in scope.split(' ').filter(|s| !s.is_empty()) {
-                query.append_pair("scope", s);
-            }
-        }
+        let server = TokenServer::new(realm, service, scope).ok_or_else(|| {
+            self.endpoint.auth_error(format!(
+                "the registry's token realm {realm:?} is not an http(s) URL"
+            ))
+        })?;
         let preferred = self.lock().preferred;
-        let order: Vec<usize> = (0..self.candidates.len())
-            .map(|i| (i + preferred) % self.candidates.len())
-            .collect();
+        let count = self.candidates.len();
         let mut refused = Vec::new();
-        for index in order {
+        for index in (0..count).map(|i| (i + preferred) % count) {
             let credential = &self.candidates[index];
-            let request = match credential {
-                Credential::RegistryToken(token) => {
-                    self.lock().preferred = index;
-                    return bearer_header(token).ok_or_else(|| {
+            let Some(request) = server.request(&self.endpoint.http, credential) else {
+                // A registry token is the bearer token itself.
+                self.lock().preferred = index;
+                return credential
+                    .bearer_token()
+                    .and_then(bearer_header)
+                    .ok_or_else(|| {
                         self.endpoint
                             .auth_error("the registry token is not a valid header value".into())
                     });
-                }
-                Credential::Basic { username, password } => self
-                    .endpoint
-                    .http
-                    .get(get_url.clone())
-                    .basic_auth(username, Some(password)),
-                Credential::IdentityToken(token) => {
-                    let mut form: Vec<(&str, &str)> = vec![
-                        ("grant_type", "refresh_token"),
-                        ("refresh_token", token),
-                        ("client_id", "bundlecopy"),
-                    ];
-                    if let Some(service) = service {
-                        form.push(("service", service));
-                    }
-                    // OAuth2 takes one space-separated scope parameter.
-                    form.push(("scope", scope));
-                    let body = form_encode(&form);
-                    self.endpoint
-                        .http
-                        .post(realm_url.clone())
-                        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(body)
-                }
             };
             match self.token_request(request).await? {
                 Some(token) => {
                     self.lock().preferred = index;
                     return Ok(token);
                 }
-                None => refused.push(match credential {
-                    Credential::Basic { .. } => "username/password",
-                    Credential::IdentityToken(_) => "identity token",
-                    Credential::RegistryToken(_) => "registry token",
-                }),
+                None => refused.push(credential.kind()),
             }
         }
-        if self.candidates.is_empty() {
-            let request = self.endpoint.http.get(get_url.clone());
-            if let Some(token) = self.token_request(request).await? {
-                return Ok(token);
-            }
+        if count > 0 {
             return Err(self.endpoint.auth_error(format!(
-                "the registry requires authentication for {scope} and no credentials match {}; add an entry for it to the Docker config",
-                self.endpoint.name
+                "the token server refused the credentials for {} ({}); check them",
+                self.endpoint.name,
+                refused.join(", ")
             )));
         }
-        Err(self.endpoint.auth_error(format!(
-            "the token server refused the credentials for {} ({}); check them",
-            self.endpoint.name,
-            refused.join(", ")
-        )))
+        let anonymous = self.endpoint.http.get(server.get_url.clone());
+        match self.token_request(anonymous).await? {
+            Some(token) => Ok(token),
+            None => Err(self.endpoint.auth_error(format!(
+                "the registry requires authentication for {scope} and no credentials match {}; add an entry for it to the Docker config",
+                self.endpoint.name
+            ))),
+        }
     }
 
     /// `Some(token)` when granted, `None` when the credentials were refused.
@@ -386,6 +348,69 @@ impl Authenticated {
                 None,
                 "the token server returned a token that is not a valid header value".into(),
             )
+        })
+    }
+}
+
+/// Where and how to ask for a token: a GET with the scopes in the query (Basic credentials,
+/// anonymous), or an OAuth2 refresh-token POST (identity tokens).
+struct TokenServer<'a> {
+    realm: Url,
+    get_url: Url,
+    service: Option<&'a str>,
+    scope: &'a str,
+}
+
+impl<'a> TokenServer<'a> {
+    fn new(realm: &str, service: Option<&'a str>, scope: &'a str) -> Option<TokenServer<'a>> {
+        let realm = Url::parse(realm)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))?;
+        let mut get_url = realm.clone();
+        {
+            let mut query = get_url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                query.append_pair("scope", s);
+            }
+        }
+        Some(TokenServer {
+            realm,
+            get_url,
+            service,
+            scope,
+        })
+    }
+
+    /// The token request for a Basic credential or an identity token; `None` for a registry
+    /// token, which needs none.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        credential: &Credential,
+    ) -> Option<reqwest::RequestBuilder> {
+        Some(match credential {
+            Credential::IdentityToken(token) => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token),
+                    ("client_id", "bundlecopy"),
+                ];
+                if let Some(service) = self.service {
+                    form.push(("service", service));
+                }
+                // OAuth2 takes one space-separated scope parameter.
+                form.push(("scope", self.scope));
+                http.post(self.realm.clone())
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form_encode(&form))
+            }
+            Credential::Basic { username, password } => http
+                .get(self.get_url.clone())
+                .basic_auth(username, Some(password)),
+            Credential::RegistryToken(_) => return None,
         })
     }
 }
