@@ -632,7 +632,21 @@ mod tests {
 
     /// Leadership taken by creating the Lease (none existed), and the API server's handle.
     async fn lead_with_a_new_lease() -> (Leadership, Handle<Request<Body>, Response<Body>>) {
-        lead_with(settings(Duration::from_secs(15)), Fence::closed()).await
+        lead_with(patient_settings(), Fence::closed()).await
+    }
+
+    /// A retry period (the bound of each attempt) long enough for a test to answer on a loaded
+    /// machine: an attempt abandoned before its answer would send the test requests it does not
+    /// expect.
+    fn patient_settings() -> LeaseSettings {
+        let settings = settings(Duration::from_secs(15));
+        LeaseSettings {
+            timing: LeaseTiming {
+                retry_period: Duration::from_millis(500),
+                ..settings.timing
+            },
+            ..settings
+        }
     }
 
     async fn lead_with(
@@ -861,7 +875,7 @@ mod tests {
         let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
         let acquiring = tokio::spawn(acquire(
             client,
-            settings(Duration::from_secs(15)),
+            patient_settings(),
             Fence::closed(),
             move |candidacy| {
                 let _ = reports.send(candidacy);
