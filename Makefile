@@ -25,10 +25,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-# Regenerate the CRD (and the chart's copy) after changing src/operator/crd.rs.
+# Regenerate the CRDs (and the chart's copies) after changing src/operator/crd.rs or src/operator/mirror/api.rs.
 crd:
 	cargo run --quiet -- crd > crds/bundlecopies.bundlecopy.dev.yaml
-	cp crds/bundlecopies.bundlecopy.dev.yaml charts/bundlecopy-operator/crds/
+	cargo run --quiet -- crd bundlemirror > crds/bundlemirrors.bundlecopy.dev.yaml
+	cp crds/*.yaml charts/bundlecopy-operator/crds/
 
 bench:
 	bench/run.sh

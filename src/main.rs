@@ -1,11 +1,11 @@
-//! `bundlecopy`: copy Porter bundles between registries (`copy`, `inspect`), or run the operator
+//! `bundlecopy`: copy Porter bundles between registries (`copy`, `inspect`, `tags`), or run the operator
 //! (`controller`, `crd`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use bundlecopy::cli::{self, CopyArgs, InspectArgs};
+use bundlecopy::cli::{self, CopyArgs, InspectArgs, TagsArgs};
 use bundlecopy::operator::{self, args::ControllerArgs};
 
 #[derive(Debug, Parser)]
@@ -15,7 +15,7 @@ use bundlecopy::operator::{self, args::ControllerArgs};
     about = "Copy Porter (CNAB) bundles between OCI registries"
 )]
 struct Cli {
-    /// Log filter for stderr of `copy` and `inspect` (also accepted after the subcommand)
+    /// Log filter for stderr of `copy`, `inspect` and `tags` (also accepted after the subcommand)
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
 
@@ -29,10 +29,16 @@ enum Command {
     Copy(CopyArgs),
     /// Show a bundle's name, version, digest, images and relocation map
     Inspect(InspectArgs),
+    /// List a repository's tags, or those a BundleMirror with the same selection would copy
+    Tags(TagsArgs),
     /// Run the BundleCopy operator against the current Kubernetes cluster
     Controller(ControllerArgs),
-    /// Print the BundleCopy CustomResourceDefinition (YAML)
-    Crd,
+    /// Print a CustomResourceDefinition (YAML): BundleCopy, or BundleMirror with `bundlemirror`
+    Crd {
+        /// `bundlecopy` or `bundlemirror`
+        #[arg(value_name = "KIND", default_value = "bundlecopy", value_parser = ["bundlecopy", "bundlemirror"])]
+        kind: String,
+    },
 }
 
 fn init_cli_logging(filter: Option<&str>) {
@@ -51,8 +57,11 @@ fn init_cli_logging(filter: Option<&str>) {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    if let Command::Crd = args.command {
-        print!("{}", bundlecopy::operator::crd::crd_yaml());
+    if let Command::Crd { kind } = &args.command {
+        match kind.as_str() {
+            "bundlemirror" => print!("{}", bundlecopy::operator::mirror::api::crd_yaml()),
+            _ => print!("{}", bundlecopy::operator::crd::crd_yaml()),
+        }
         return ExitCode::SUCCESS;
     }
     bundlecopy_engine::install_crypto_provider();
@@ -90,11 +99,20 @@ fn main() -> ExitCode {
                 );
                 cli::run_inspect(inspect).await.map_err(|e| e.message)
             }
+            Command::Tags(tags) => {
+                init_cli_logging(
+                    tags.connection
+                        .log_level
+                        .as_deref()
+                        .or(args.log_level.as_deref()),
+                );
+                cli::run_tags(tags).await.map_err(|e| e.message)
+            }
             // The controller sets up its own logging (text or JSON).
             Command::Controller(controller) => operator::run(controller)
                 .await
                 .map_err(|e| format!("{e:#}")),
-            Command::Crd => Ok(()),
+            Command::Crd { .. } => Ok(()),
         }
     });
     match result {

@@ -1,4 +1,4 @@
-//! The `bundlecopy copy` and `bundlecopy inspect` commands: flags, Docker config loading,
+//! The `bundlecopy copy`, `inspect` and `tags` commands: flags, Docker config loading,
 //! progress on stderr, the result on stdout, and one-line errors that say what to do.
 
 use std::io::{IsTerminal, Write};
@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 
 use bundlecopy_engine::credentials::DockerConfig;
+use bundlecopy_engine::tags::{TagFilter, tag_version};
 use bundlecopy_engine::{
     CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress,
-    ProgressSnapshot, copy_bundle, inspect_bundle,
+    ProgressSnapshot, copy_bundle, inspect_bundle, list_tags,
 };
 
 mod hints;
@@ -106,6 +107,42 @@ pub struct InspectArgs {
     pub connection: ConnectionArgs,
 }
 
+/// `bundlecopy tags`: a repository's tags, or those a BundleMirror with the same selection
+/// would copy.
+#[derive(Debug, Clone, Args)]
+pub struct TagsArgs {
+    /// The repository, without tag or digest (REGISTRY/REPOSITORY)
+    #[arg(value_name = "REPOSITORY")]
+    pub repository: String,
+
+    /// Only versions in this semver range, e.g. ">=1.0.0 <2.0.0" or "^1.2" (tags 1.2.3 and v1.2.3 are versions)
+    #[arg(long, value_name = "RANGE")]
+    pub semver: Option<String>,
+
+    /// Only tags that match this regular expression (anywhere; anchor with ^…$)
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+
+    /// Leave out tags that match this regular expression
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+
+    /// Only the N highest versions
+    #[arg(long, value_name = "N")]
+    pub latest: Option<u32>,
+
+    /// Allow plain HTTP or an unverified certificate
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
 /// A CLI failure: the message (one line) and the process exit code.
 #[derive(Debug)]
 pub struct CliError {
@@ -159,6 +196,19 @@ fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
         })
     })
     .transpose()
+}
+
+/// The endpoint of a command that talks to one registry (`inspect`, `tags`).
+fn one_endpoint(
+    insecure: bool,
+    ca_file: Option<&Path>,
+    connection: &ConnectionArgs,
+) -> Result<EndpointOptions, CliError> {
+    Ok(EndpointOptions {
+        insecure,
+        ca_pem: read_ca(ca_file)?,
+        credentials: load_docker_config(connection.docker_config.as_deref())?,
+    })
 }
 
 fn settings(connection: &ConnectionArgs, concurrency: usize) -> EngineSettings {
@@ -255,11 +305,11 @@ fn without_digest(reference: &str) -> &str {
 }
 
 pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
-    let endpoint = EndpointOptions {
-        insecure: args.insecure_registry,
-        ca_pem: read_ca(args.ca_file.as_deref())?,
-        credentials: load_docker_config(args.connection.docker_config.as_deref())?,
-    };
+    let endpoint = one_endpoint(
+        args.insecure_registry,
+        args.ca_file.as_deref(),
+        &args.connection,
+    )?;
     let report = inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
     let mut out = String::new();
     match args.connection.output {
@@ -298,6 +348,63 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
         .write_all(out.as_bytes())
         .map_err(|e| CliError {
             message: format!("cannot write the report: {e}"),
+        })
+}
+
+/// Lists the repository's tags and prints the selected ones (all of them without a selection
+/// flag), highest version first: the same selection code as a BundleMirror's.
+pub async fn run_tags(args: TagsArgs) -> Result<(), CliError> {
+    let filter = TagFilter {
+        semver: args.semver.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        latest: args.latest,
+    };
+    let selection = if filter == TagFilter::default() {
+        None
+    } else {
+        Some(filter.compile().map_err(|e| CliError {
+            message: format!("--{}: {e}", e.field()),
+        })?)
+    };
+    let endpoint = one_endpoint(
+        args.insecure_registry,
+        args.ca_file.as_deref(),
+        &args.connection,
+    )?;
+    let tags = list_tags(&args.repository, &endpoint, &settings(&args.connection, 1)).await?;
+    let chosen: Vec<(String, Option<String>)> = match &selection {
+        Some(selection) => selection
+            .select(tags.iter().map(String::as_str))
+            .into_iter()
+            .map(|s| (s.tag, s.version.map(|v| v.to_string())))
+            .collect(),
+        None => tags
+            .into_iter()
+            .map(|tag| {
+                let version = tag_version(&tag).map(|v| v.to_string());
+                (tag, version)
+            })
+            .collect(),
+    };
+    let out = match args.connection.output {
+        OutputFormat::Json => {
+            let items: Vec<serde_json::Value> = chosen
+                .iter()
+                .map(|(tag, version)| serde_json::json!({"tag": tag, "version": version}))
+                .collect();
+            let mut out = serde_json::to_string_pretty(&items).map_err(|e| CliError {
+                message: format!("cannot render the tags: {e}"),
+            })?;
+            out.push('\n');
+            out
+        }
+        OutputFormat::Text => chosen.iter().map(|(tag, _)| format!("{tag}\n")).collect(),
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| CliError {
+            message: format!("cannot write the tags: {e}"),
         })
 }
 

@@ -49,6 +49,10 @@ pub struct ControllerArgs {
     )]
     pub log_level: String,
 
+    /// Run the BundleMirror controller too (needs the BundleMirror CRD); `false` runs BundleCopies only.
+    #[arg(long, env = "BUNDLECOPY_MIRRORS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub mirrors: bool,
+
     /// Reconcile only while holding a coordination.k8s.io Lease (for more than one replica).
     #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION")]
     pub leader_election: bool,

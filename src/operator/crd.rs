@@ -274,7 +274,12 @@ impl BundleCopyStatus {
 /// The CustomResourceDefinition of `BundleCopy`: the schema derived from the types, with each
 /// description reflowed (see `reflow`) so that `kubectl explain` prints whole sentences.
 pub fn crd() -> CustomResourceDefinition {
-    let generated = BundleCopy::crd();
+    reflowed::<BundleCopy>()
+}
+
+/// The CustomResourceDefinition of a kind of this operator, descriptions reflowed.
+pub fn reflowed<K: CustomResourceExt>() -> CustomResourceDefinition {
+    let generated = K::crd();
     let Ok(mut value) = serde_json::to_value(&generated) else {
         return generated;
     };
@@ -285,9 +290,14 @@ pub fn crd() -> CustomResourceDefinition {
 /// The CustomResourceDefinition of `BundleCopy` as YAML, as committed in
 /// `crds/bundlecopies.bundlecopy.dev.yaml`.
 pub fn crd_yaml() -> String {
+    yaml_of(&crd())
+}
+
+/// A CustomResourceDefinition as YAML.
+pub fn yaml_of(crd: &CustomResourceDefinition) -> String {
     // Serialising a CRD built from typed structs cannot fail; fall back to an empty document
     // rather than panic if it ever did.
-    serde_yaml::to_string(&crd()).unwrap_or_default()
+    serde_yaml::to_string(crd).unwrap_or_default()
 }
 
 fn reflow_descriptions(value: &mut serde_json::Value) {
@@ -338,8 +348,23 @@ mod tests {
     use serde_json::Value;
 
     fn schema() -> Value {
-        let crd = serde_json::to_value(crd()).unwrap();
+        schema_of(crd())
+    }
+
+    fn schema_of(crd: CustomResourceDefinition) -> Value {
+        let crd = serde_json::to_value(crd).unwrap();
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    /// The schema of every kind of this operator.
+    fn every_schema() -> [(&'static str, Value); 2] {
+        [
+            ("BundleCopy", schema()),
+            (
+                "BundleMirror",
+                schema_of(reflowed::<crate::operator::mirror::api::BundleMirror>()),
+            ),
+        ]
     }
 
     #[test]
@@ -353,6 +378,19 @@ mod tests {
             committed == crd_yaml(),
             "crds/bundlecopies.bundlecopy.dev.yaml is out of date; regenerate it with \
              `cargo run -- crd > crds/bundlecopies.bundlecopy.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn committed_mirror_crd_matches_the_generated_one() {
+        let committed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/bundlemirrors.bundlecopy.dev.yaml"
+        ))
+        .unwrap_or_default();
+        assert!(
+            committed == crate::operator::mirror::api::crd_yaml(),
+            "crds/bundlemirrors.bundlecopy.dev.yaml is out of date; regenerate it with `make crd`"
         );
     }
 
@@ -471,9 +509,11 @@ mod tests {
                 walk(&format!("{path}{{}}"), additional, problems);
             }
         }
-        let mut problems = Vec::new();
-        walk("", &schema(), &mut problems);
-        assert!(problems.is_empty(), "{problems:#?}");
+        for (kind, schema) in every_schema() {
+            let mut problems = Vec::new();
+            walk("", &schema, &mut problems);
+            assert!(problems.is_empty(), "{kind}: {problems:#?}");
+        }
     }
 
     #[test]
@@ -502,12 +542,14 @@ mod tests {
                 }
             }
         }
-        let mut missing = Vec::new();
-        walk("", &schema(), &mut missing);
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:?}"
-        );
+        for (kind, schema) in every_schema() {
+            let mut missing = Vec::new();
+            walk("", &schema, &mut missing);
+            assert!(
+                missing.is_empty(),
+                "{kind}: fields without a description: {missing:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod failure;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod mirror;
 pub mod process;
 pub mod reason;
 pub mod reconcile;
@@ -66,6 +67,15 @@ struct Reconciling<'a> {
 impl Reconciling<'_> {
     /// Runs the controllers until a shutdown lets them finish. Dropping the future stops every
     /// reconcile at once, copies included. Each term starts with fresh per-object memory.
+    /// The namespaces watched: each of `--namespace`, or all.
+    fn scopes(&self) -> Vec<Option<String>> {
+        if self.args.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.args.namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+
     async fn run(&self) {
         let ctx = Arc::new(Context::new(
             self.client.clone(),
@@ -73,12 +83,7 @@ impl Reconciling<'_> {
             self.engine.clone(),
             usize::from(self.args.max_concurrent_copies),
         ));
-        let scopes: Vec<Option<String>> = if self.args.namespaces.is_empty() {
-            vec![None]
-        } else {
-            self.args.namespaces.iter().cloned().map(Some).collect()
-        };
-        let controllers = scopes.into_iter().map(|namespace| {
+        let controllers = self.scopes().into_iter().map(|namespace| {
             watch::controller_stream(
                 self.client.clone(),
                 namespace,
@@ -88,8 +93,24 @@ impl Reconciling<'_> {
             )
             .boxed()
         });
-        tracing::info!(namespaces = ?self.args.namespaces, "controller started");
-        futures_util::stream::select_all(controllers)
+        let mut streams: Vec<_> = controllers.collect();
+        if self.args.mirrors {
+            let mirror_ctx = Arc::new(mirror::reconcile::MirrorContext {
+                client: self.client.clone(),
+                engine: self.engine.clone(),
+            });
+            streams.extend(self.scopes().into_iter().map(|namespace| {
+                mirror::watch::mirror_stream(
+                    self.client.clone(),
+                    namespace,
+                    mirror_ctx.clone(),
+                    until_set(self.shutdown.clone()),
+                )
+                .boxed()
+            }));
+        }
+        tracing::info!(namespaces = ?self.args.namespaces, mirrors = self.args.mirrors, "controller started");
+        futures_util::stream::select_all(streams)
             .for_each(|()| async {})
             .await;
     }

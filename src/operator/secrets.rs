@@ -119,6 +119,16 @@ pub async fn read_endpoints(
     Ok((source, destination))
 }
 
+/// Reads the Secrets of one endpoint (a mirror's source) and builds its options; `field` names
+/// it in messages (`spec.source`).
+pub async fn read_one_endpoint(
+    secrets: &Api<Secret>,
+    endpoint: &Endpoint,
+    field: &str,
+) -> Result<EndpointOptions, ReadError> {
+    read_endpoint(secrets, endpoint, field, &mut HashMap::new()).await
+}
+
 async fn read_endpoint(
     secrets: &Api<Secret>,
     endpoint: &Endpoint,

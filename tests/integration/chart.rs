@@ -379,12 +379,23 @@ fn kubernetes_validate_strict_rejects_an_unknown_field() {
 fn allowed_grants() -> BTreeMap<(&'static str, &'static str), BTreeSet<&'static str>> {
     let verbs = |list: &[&'static str]| list.iter().copied().collect::<BTreeSet<_>>();
     BTreeMap::from([
+        // create, update and delete: a BundleMirror's children (mirrors.enabled).
         (
             ("bundlecopy.dev", "bundlecopies"),
-            verbs(&["get", "list", "watch", "patch"]),
+            verbs(&[
+                "get", "list", "watch", "patch", "create", "update", "delete",
+            ]),
         ),
         (
             ("bundlecopy.dev", "bundlecopies/status"),
+            verbs(&["get", "patch"]),
+        ),
+        (
+            ("bundlecopy.dev", "bundlemirrors"),
+            verbs(&["get", "list", "watch"]),
+        ),
+        (
+            ("bundlecopy.dev", "bundlemirrors/status"),
             verbs(&["get", "patch"]),
         ),
         (("", "secrets"), verbs(&["get", "list", "watch"])),
@@ -766,6 +777,28 @@ fn probes_hit_healthz_and_readyz_on_the_metrics_port() {
 }
 
 #[test]
+fn without_mirrors_nothing_is_granted_on_bundle_mirrors_or_on_creating_bundle_copies() {
+    let with = render(&[]);
+    let without = render(&["mirrors.enabled=false"]);
+    let grants = |objects: &[Value]| -> Vec<Grant> {
+        of_kind(objects, "ClusterRole")
+            .iter()
+            .flat_map(|role| rules_of(role))
+            .collect()
+    };
+    let mirror_grant = |grants: &[Grant]| {
+        grants.iter().any(|(group, resource, verb)| {
+            group == "bundlecopy.dev"
+                && (resource.starts_with("bundlemirrors")
+                    || (resource == "bundlecopies" && verb == "create"))
+        })
+    };
+    assert!(mirror_grant(&grants(&with)));
+    assert!(!mirror_grant(&grants(&without)), "{:?}", grants(&without));
+    assert!(container_args(&without).contains(&"--mirrors=false".to_owned()));
+}
+
+#[test]
 fn default_arguments_run_the_controller_for_all_namespaces_without_leader_election() {
     let objects = render(&[]);
     let args = container_args(&objects);
@@ -777,6 +810,7 @@ fn default_arguments_run_the_controller_for_all_namespaces_without_leader_electi
             "--max-concurrent-copies=4",
             "--log-level=info",
             "--log-format=json",
+            "--mirrors=true",
         ]
     );
     let deployment = only_one(&objects, "Deployment");
@@ -1024,23 +1058,29 @@ fn values_schema_and_templates_reject_bad_values() {
 }
 
 #[test]
-fn chart_crd_is_byte_identical_to_the_generated_crd() {
-    let generated =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/bundlecopies.bundlecopy.dev.yaml");
-    let in_chart = Path::new(CHART_DIR).join("crds/bundlecopies.bundlecopy.dev.yaml");
-    let generated_bytes = std::fs::read(&generated).unwrap_or_else(|error| {
-        panic!(
-            "cannot read {} ({error}): it is generated with `cargo run -- crd > crds/bundlecopies.bundlecopy.dev.yaml`",
+fn chart_crds_are_byte_identical_to_the_generated_crds() {
+    for file in [
+        "bundlecopies.bundlecopy.dev.yaml",
+        "bundlemirrors.bundlecopy.dev.yaml",
+    ] {
+        let generated = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crds")
+            .join(file);
+        let in_chart = Path::new(CHART_DIR).join("crds").join(file);
+        let generated_bytes = std::fs::read(&generated).unwrap_or_else(|error| {
+            panic!(
+                "cannot read {} ({error}): the CRDs are generated with `make crd`",
+                generated.display()
+            )
+        });
+        let chart_bytes = std::fs::read(&in_chart).expect("the chart's CRD");
+        assert!(
+            generated_bytes == chart_bytes,
+            "{} differs from {}: run `make crd`",
+            in_chart.display(),
             generated.display()
-        )
-    });
-    let chart_bytes = std::fs::read(&in_chart).expect("the chart's CRD");
-    assert!(
-        generated_bytes == chart_bytes,
-        "{} differs from {}: run `cp crds/bundlecopies.bundlecopy.dev.yaml charts/bundlecopy-operator/crds/`",
-        in_chart.display(),
-        generated.display()
-    );
+        );
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -14,3 +14,4 @@ mod e2e;
 mod faults;
 mod harness_smoke;
 mod security;
+mod tags;

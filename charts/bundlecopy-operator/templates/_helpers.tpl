@@ -64,6 +64,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["bundlecopy.dev"]
   resources: ["bundlecopies/status"]
   verbs: ["get", "patch"]
+{{- if .Values.mirrors.enabled }}
+# BundleMirrors own one BundleCopy per selected tag: created and updated by server-side apply,
+# deleted when the tag leaves the selection.
+- apiGroups: ["bundlecopy.dev"]
+  resources: ["bundlecopies"]
+  verbs: ["create", "update", "delete"]
+- apiGroups: ["bundlecopy.dev"]
+  resources: ["bundlemirrors"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["bundlecopy.dev"]
+  resources: ["bundlemirrors/status"]
+  verbs: ["get", "patch"]
+{{- end }}
 # Registry credentials and CA certificates referenced by BundleCopies; watched so a changed Secret retries the copy.
 - apiGroups: [""]
   resources: ["secrets"]

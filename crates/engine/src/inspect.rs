@@ -1,5 +1,5 @@
-//! Read a bundle without copying it (`bundlecopy inspect`), and resolve a reference to a digest
-//! (the operator's check of a tag).
+//! Read a bundle without copying it (`bundlecopy inspect`), resolve a reference to a digest
+//! (the operator's check of a tag), and list a repository's tags (what a mirror chooses from).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,25 @@ pub async fn resolve_digest(
     let reference = parse_reference(reference)?;
     let registry = Registry::connect(side, &reference, Access::Pull, endpoint, settings).await?;
     registry.head_manifest(tag_or_digest(&reference)).await
+}
+
+/// Every tag of a repository (`registry/name`, no tag or digest), following the registry's
+/// pages. A repository the registry does not know is `SourceNotFound`.
+pub async fn list_tags(
+    repository: &str,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<Vec<String>, CopyError> {
+    let reference = parse_reference(repository)?;
+    if reference.tag().is_some() || reference.digest().is_some() {
+        return Err(CopyError::InvalidSpec(format!(
+            "{repository:?} names a tag or digest; give the repository alone, e.g. {}",
+            reference.name()
+        )));
+    }
+    let registry =
+        Registry::connect(Side::Source, &reference, Access::Pull, endpoint, settings).await?;
+    registry.list_tags().await
 }
 
 /// What `bundlecopy inspect` reports.

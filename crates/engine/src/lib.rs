@@ -16,12 +16,13 @@ pub mod inspect;
 pub mod reference;
 pub mod registry;
 pub mod settings;
+pub mod tags;
 
 pub use copy::{
     BundleInfo, CopyOutcome, CopyRequest, Progress, ProgressSnapshot, RelocatedImage, copy_bundle,
 };
 pub use error::{CopyError, ErrorKind, Remedy, Side};
-pub use inspect::{InspectImage, InspectReport, inspect_bundle, resolve_digest};
+pub use inspect::{InspectImage, InspectReport, inspect_bundle, list_tags, resolve_digest};
 pub use registry::transport::validate_ca_pem;
 pub use settings::{EndpointOptions, EngineSettings};
 

@@ -99,6 +99,10 @@ pub enum Fault {
     Truncate { keep: u64 },
     /// Answer a blob GET with a 307 to the blob storage host, which serves the bytes.
     RedirectToStorage,
+    /// Serve `tags/list` in pages of `n` (from the query, else `page`) after `last`, with a
+    /// `Link: <…>; rel="next"` header while more remain — the distribution API's pagination,
+    /// which distribution 2.8 itself does not do. The tags come from the registry.
+    PaginateTags { page: usize },
 }
 
 impl Fault {
@@ -525,6 +529,9 @@ async fn serve_proxy(
             return Err(ProxyError("fault proxy: injected disconnect".into()));
         }
         Some(Fault::Stall { duration }) => tokio::time::sleep(*duration).await,
+        Some(Fault::PaginateTags { page }) if method == Method::GET => {
+            return paginate_tags(&state, request, &path, *page).await;
+        }
         Some(Fault::RedirectToStorage) if method == Method::GET => {
             // Like real registries, check access before redirecting: a 401 (with its
             // challenge) or 404 comes from the registry itself.
@@ -569,6 +576,68 @@ async fn serve_proxy(
 
     let upstream_response = forward(&state, request, &path_and_query).await?;
     Ok(relay(&state, upstream_response, fault.as_ref()))
+}
+
+/// One page of the registry's tag list, as `Fault::PaginateTags` describes.
+async fn paginate_tags(
+    state: &ProxyState,
+    request: Request<Incoming>,
+    path: &str,
+    default_page: usize,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let query: BTreeMap<String, String> = request
+        .uri()
+        .query()
+        .map(|query| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let page = query
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default_page);
+    let upstream = forward(state, request, path).await?;
+    if upstream.status() != reqwest::StatusCode::OK {
+        return Ok(relay(state, upstream, None));
+    }
+    let bytes = upstream
+        .bytes()
+        .await
+        .map_err(|error| ProxyError(format!("fault proxy: tag list: {error}")))?;
+    let listed: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| ProxyError(format!("fault proxy: tag list: {error}")))?;
+    let mut tags: Vec<String> = listed["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let start = query
+        .get("last")
+        .map_or(0, |last| tags.partition_point(|tag| tag <= last));
+    let chunk: Vec<&String> = tags.iter().skip(start).take(page).collect();
+    let body = serde_json::json!({"name": listed["name"], "tags": chunk}).to_string();
+    let mut response = plain_response(StatusCode::OK, &body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if start + chunk.len() < tags.len()
+        && let Some(last) = chunk.last()
+    {
+        let link = format!("<{path}?n={page}&last={last}>; rel=\"next\"");
+        response.headers_mut().insert(
+            header::LINK,
+            HeaderValue::from_str(&link)
+                .map_err(|error| ProxyError(format!("bad Link header: {error}")))?,
+        );
+    }
+    Ok(response)
 }
 
 async fn forward(

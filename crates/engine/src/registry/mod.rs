@@ -12,6 +12,7 @@ pub mod http;
 pub mod manifests;
 pub mod response;
 pub mod retry;
+pub mod tags;
 pub mod transport;
 pub mod verify;
 
