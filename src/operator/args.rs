@@ -53,6 +53,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "BUNDLECOPY_MIRRORS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub mirrors: bool,
 
+    /// Shortest mirror interval accepted (the CRD says 1m). Lowered only by tests, to see a
+    /// mirror list its tags again without waiting minutes.
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "1m", value_parser = parse_flag_duration)]
+    pub mirror_min_interval: Duration,
+
     /// Reconcile only while holding a coordination.k8s.io Lease (for more than one replica).
     #[arg(long, env = "BUNDLECOPY_LEADER_ELECTION")]
     pub leader_election: bool,

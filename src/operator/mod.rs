@@ -98,6 +98,7 @@ impl Reconciling<'_> {
             let mirror_ctx = Arc::new(mirror::reconcile::MirrorContext {
                 client: self.client.clone(),
                 engine: self.engine.clone(),
+                min_interval: self.args.mirror_min_interval,
             });
             streams.extend(self.scopes().into_iter().map(|namespace| {
                 mirror::watch::mirror_stream(

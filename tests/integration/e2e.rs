@@ -26,6 +26,7 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 use bundlecopy::operator::crd::{BundleCopy, BundleCopySpec, BundleCopyStatus};
+use bundlecopy::operator::mirror::api::BundleMirror;
 use bundlecopy::operator::validate::validate;
 
 use crate::support::process::{kill_and_reap, spawn_tied_to_test_process, terminate};
@@ -39,6 +40,10 @@ const FIELD_MANAGER: &str = "bundlecopy-e2e";
 const CRD_FILE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/crds/bundlecopies.bundlecopy.dev.yaml"
+);
+const MIRROR_CRD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crds/bundlemirrors.bundlecopy.dev.yaml"
 );
 const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 /// Placeholders in `examples/`, in the order of `Registries::hosts`.
@@ -445,6 +450,131 @@ async fn e2e_examples_on_a_real_cluster() {
     );
 }
 
+/// `examples/mirror/hello-releases.yaml` on a real cluster: a mirror of three releases and a
+/// release candidate becomes Ready with one owned BundleCopy per selected release (the release
+/// candidate excluded), each copied; deleting the mirror garbage-collects its children (owner
+/// references) and leaves the destination registry as it was.
+/// A cluster test: run by `e2e::cluster::e2e_mirror_on_a_real_cluster` when KUBECONFIG is set.
+async fn e2e_mirror_on_a_real_cluster() {
+    let Some((_one_at_a_time, client)) = cluster().await else {
+        return;
+    };
+    let registry = TestRegistry::start(RegistryKind::Plain).await;
+    let pushed = push_bundle(
+        &registry,
+        SOURCE_REPO,
+        "0.1.0",
+        &BundleSpec::new("hello", "0.1.0"),
+    )
+    .await;
+    let source = registry.client();
+    for tag in ["0.2.0", "0.3.0-rc.1", "1.0.0"] {
+        source
+            .put_manifest(
+                SOURCE_REPO,
+                tag,
+                &pushed.index_bytes,
+                &pushed.index_media_type,
+            )
+            .await;
+    }
+    apply_crd(&client).await;
+    let namespace = unique_namespace();
+    create_namespace(&client, &namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut processes = vec![ControllerProcess::start(&namespace, dir.path())];
+    let hosts = [registry.host(), registry.host(), registry.host()];
+
+    let outcome = AssertUnwindSafe(async {
+        processes[0].wait_ready().await;
+        let documents = example_documents("mirror/hello-releases.yaml", &hosts, &namespace);
+        apply_all(&client, &namespace, &documents).await;
+        let mirrors: Api<BundleMirror> = Api::namespaced(client.clone(), &namespace);
+        let copies: Api<BundleCopy> = Api::namespaced(client.clone(), &namespace);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mirror = loop {
+            let mirror = mirrors.get("hello-releases").await.expect("get the mirror");
+            let ready = mirror
+                .status
+                .as_ref()
+                .and_then(|s| s.condition("Ready"))
+                .is_some_and(|c| c.status == "True");
+            if ready {
+                break mirror;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the mirror was not Ready within {READY_TIMEOUT:?}: {:?}",
+                mirror.status
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let status = mirror.status.unwrap_or_default();
+        let mut tags: Vec<&str> = status.tags.iter().map(|t| t.tag.as_str()).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, ["0.1.0", "0.2.0"], "{status:?}");
+        assert_eq!((status.selected, status.ready, status.failed), (2, 2, 0));
+        let children = copies
+            .list(&ListParams::default().labels("bundlecopy.dev/mirror=hello-releases"))
+            .await
+            .expect("list the children")
+            .items;
+        assert_eq!(children.len(), 2);
+        for child in &children {
+            assert_eq!(
+                child.owner_references()[0].uid,
+                mirror.metadata.uid.clone().unwrap_or_default()
+            );
+        }
+        let destination = registry.client();
+        for tag in ["0.1.0", "0.2.0"] {
+            assert!(
+                destination
+                    .head_manifest("mirrored/hello", tag)
+                    .await
+                    .is_some(),
+                "mirrored/hello:{tag}"
+            );
+        }
+
+        // Deleting the mirror deletes its children (garbage collection), not the copies.
+        mirrors
+            .delete("hello-releases", &DeleteParams::foreground())
+            .await
+            .expect("delete the mirror");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = copies
+                .list(&ListParams::default().labels("bundlecopy.dev/mirror=hello-releases"))
+                .await
+                .expect("list the children")
+                .items
+                .len();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} children left 120 s after the mirror was deleted"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for tag in ["0.1.0", "0.2.0"] {
+            assert!(
+                destination
+                    .head_manifest("mirrored/hello", tag)
+                    .await
+                    .is_some(),
+                "mirrored/hello:{tag} is still at the destination"
+            );
+        }
+    })
+    .catch_unwind()
+    .await;
+
+    clean_up(&client, &namespace, &mut processes, &[], outcome).await;
+}
+
 /// The API server enforces the CRD's CEL rules as the CEL interpreter in `crd_rules` evaluates
 /// them: each case of its table is sent as a server-side dry-run create (nothing is stored).
 /// A cluster test: run by `e2e::cluster::e2e_api_server_enforces_the_crd_rules` when KUBECONFIG is set.
@@ -654,7 +784,10 @@ async fn apply_all(client: &Client, namespace: &str, documents: &[Value]) {
         let resource = match document["kind"].as_str() {
             Some("Secret") => ApiResource::erase::<Secret>(&()),
             Some("BundleCopy") => ApiResource::erase::<BundleCopy>(&()),
-            other => panic!("examples hold only Secrets and BundleCopies, not {other:?}"),
+            Some("BundleMirror") => ApiResource::erase::<BundleMirror>(&()),
+            other => {
+                panic!("examples hold only Secrets, BundleCopies and BundleMirrors, not {other:?}")
+            }
         };
         let object: DynamicObject = serde_json::from_value(document.clone()).unwrap();
         let name = object.name_any();
@@ -740,12 +873,23 @@ async fn wait_for_events(events: &Api<Event>, names: &[&str]) -> BTreeMap<String
     }
 }
 
+/// Applies both committed CRDs (the operator runs its mirror controller by default) and waits
+/// until they are Established.
 async fn apply_crd(client: &Client) {
-    let text = std::fs::read_to_string(CRD_FILE).expect("read the committed CRD");
+    for (file, expected) in [
+        (CRD_FILE, "bundlecopies.bundlecopy.dev"),
+        (MIRROR_CRD_FILE, "bundlemirrors.bundlecopy.dev"),
+    ] {
+        apply_one_crd(client, file, expected).await;
+    }
+}
+
+async fn apply_one_crd(client: &Client, file: &str, expected: &str) {
+    let text = std::fs::read_to_string(file).expect("read the committed CRD");
     let crd: CustomResourceDefinition =
         serde_yaml::from_str(&text).expect("the committed CRD parses");
     let name = crd.name_any();
-    assert_eq!(name, "bundlecopies.bundlecopy.dev");
+    assert_eq!(name, expected);
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
         &name,
@@ -2066,5 +2210,10 @@ mod cluster {
     #[tokio::test]
     async fn e2e_leader_frozen_with_sigstop_is_replaced_and_writes_nothing_once_resumed() {
         super::e2e_leader_frozen_with_sigstop_is_replaced_and_writes_nothing_once_resumed().await;
+    }
+
+    #[tokio::test]
+    async fn e2e_mirror_on_a_real_cluster() {
+        super::e2e_mirror_on_a_real_cluster().await;
     }
 }

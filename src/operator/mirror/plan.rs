@@ -20,6 +20,9 @@ const CHILD_NAME_MAX: usize = 63;
 /// Hex digits of the tag's hash at the end of every child name.
 const CHILD_HASH_LEN: usize = 8;
 
+/// The shortest `interval` a mirror may have (the CRD enforces it too).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A usable mirror spec: the compiled selection, the source repository and the interval.
 #[derive(Debug)]
 pub struct CheckedSpec {
@@ -31,7 +34,7 @@ pub struct CheckedSpec {
 /// Checks what the API server cannot: the selection compiles, the source is a repository
 /// without tag or digest, the destination is a registry or prefix, the interval parses. The
 /// error names the field to fix.
-pub fn check(spec: &BundleMirrorSpec) -> Result<CheckedSpec, String> {
+pub fn check(spec: &BundleMirrorSpec, min_interval: Duration) -> Result<CheckedSpec, String> {
     let selection = spec.tags.filter().compile().map_err(|e| match e.field() {
         "" => format!("spec.tags: {e}"),
         field => format!("spec.tags.{field}: {e}"),
@@ -58,10 +61,15 @@ pub fn check(spec: &BundleMirrorSpec) -> Result<CheckedSpec, String> {
         ));
     }
     let interval = parse_duration(&spec.interval).map_err(|e| format!("spec.interval: {e}"))?;
-    if interval < Duration::from_secs(60) {
+    if interval < min_interval {
         return Err(format!(
-            "spec.interval {:?} is shorter than 1m",
-            spec.interval
+            "spec.interval {:?} is shorter than {}",
+            spec.interval,
+            if min_interval == MIN_INTERVAL {
+                "1m".to_string()
+            } else {
+                format!("{min_interval:?}")
+            }
         ));
     }
     Ok(CheckedSpec {
@@ -133,7 +141,11 @@ pub fn child_spec(spec: &BundleMirrorSpec, tag: &str) -> BundleCopySpec {
         },
         destination: spec.destination.clone(),
         force: spec.force,
-        interval: Some(spec.interval.clone()),
+        // A BundleCopy's interval is at least 1m (its CRD says so); only tests go below.
+        interval: Some(match parse_duration(&spec.interval) {
+            Ok(interval) if interval >= MIN_INTERVAL => spec.interval.clone(),
+            _ => "1m".to_string(),
+        }),
         suspend: spec.suspend,
     }
 }
@@ -421,11 +433,11 @@ mod tests {
 
     #[test]
     fn specs_that_cannot_work_are_refused_naming_the_field() {
-        assert!(check(&spec()).is_ok());
+        assert!(check(&spec(), MIN_INTERVAL).is_ok());
         let with = |change: &dyn Fn(&mut BundleMirrorSpec)| {
             let mut spec = spec();
             change(&mut spec);
-            check(&spec).unwrap_err()
+            check(&spec, MIN_INTERVAL).unwrap_err()
         };
         type Change<'a> = &'a dyn Fn(&mut BundleMirrorSpec);
         let cases: [(Change, &str); 6] = [
@@ -454,7 +466,7 @@ mod tests {
         }
         let mut bare_registry = spec();
         bare_registry.destination.reference = "registry.internal:5000".into();
-        assert!(check(&bare_registry).is_ok());
+        assert!(check(&bare_registry, MIN_INTERVAL).is_ok());
     }
 
     #[test]

@@ -26,6 +26,8 @@ use bundlecopy_engine::EngineSettings;
 pub struct MirrorContext {
     pub client: Client,
     pub engine: EngineSettings,
+    /// Shortest `interval` accepted (1m; lower only in tests).
+    pub min_interval: Duration,
 }
 
 /// Errors that end a mirror reconcile early (API server trouble); registry and Secret problems
@@ -71,7 +73,7 @@ pub async fn reconcile(
     let previous = mirror.status.as_ref();
     let now = Timestamp::now();
 
-    let checked = match plan::check(&mirror.spec) {
+    let checked = match plan::check(&mirror.spec, ctx.min_interval) {
         Ok(checked) => checked,
         Err(message) => {
             let state = MirrorState::InvalidSpec(message);

@@ -3,11 +3,12 @@
 //! (the controller loop: which watch events start a reconcile). As processes, against the fake
 //! API server of `support::fake_api`: `process` (start-up, readiness, SIGTERM), `leader` (leader
 //! election between real controllers), `restart` (a controller killed mid-copy), `stalled` (a
-//! registry that stops answering), `malformed` (objects that do not deserialize) and `scale`
-//! (1,000 BundleCopies).
+//! registry that stops answering), `malformed` (objects that do not deserialize), `mirror`
+//! (a BundleMirror and its children) and `scale` (1,000 BundleCopies).
 
 mod leader;
 mod malformed;
+mod mirror;
 mod process;
 mod reconcile;
 mod restart;

@@ -86,9 +86,13 @@ async fn handle(
     let events = format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events");
     let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases");
     let lease = format!("{leases}/bundlecopy-operator");
+    let bundle_mirrors =
+        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlemirrors");
 
     let response = match (method.clone(), path.as_str()) {
-        (Method::GET, p) if (p == bundle_copies || p == secrets) && watching => {
+        (Method::GET, p)
+            if (p == bundle_copies || p == secrets || p == bundle_mirrors) && watching =>
+        {
             // A watch that stays open and quiet: nothing changes in this test's cluster.
             let quiet = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
             Response::builder()
@@ -97,6 +101,18 @@ async fn handle(
                 .body(StreamBody::new(quiet).boxed_unsync())
                 .unwrap()
         }
+        // No BundleMirrors here; the mirror controller (on by default) lists and watches them,
+        // and lists the BundleCopies they own (none).
+        (Method::GET, p) if p == bundle_mirrors => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleMirrorList",
+                    "metadata": {"resourceVersion": "100"}, "items": []}),
+        ),
+        (Method::GET, p) if p == bundle_copies && query.contains("labelSelector") => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
+                    "metadata": {"resourceVersion": "100"}, "items": []}),
+        ),
         (Method::GET, p) if p == bundle_copies => json_response(
             StatusCode::OK,
             &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",

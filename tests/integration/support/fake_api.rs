@@ -102,6 +102,14 @@ pub struct ApiState {
     pub secret_list_delay: Duration,
     /// Every request, in order of arrival.
     pub requests: Vec<SeenRequest>,
+    /// BundleMirrors by name, with the status last applied.
+    pub mirrors: BTreeMap<String, Value>,
+    /// `(name, status)` of every BundleMirror status patch, in order.
+    pub mirror_status_patches: Vec<(String, Value)>,
+    /// `(name, object)` of every server-side apply of a BundleCopy (not its status), in order.
+    pub applied: Vec<(String, Value)>,
+    /// Names of the BundleCopies deleted, in order.
+    pub deleted: Vec<String>,
     /// resourceVersion of the last write.
     resource_version: u64,
     /// Clients whose link is frozen.
@@ -109,6 +117,7 @@ pub struct ApiState {
     /// Watch events (`{"type", "object"}`) for open BundleCopy and Secret watches.
     bundle_copy_watch: tokio::sync::broadcast::Sender<Value>,
     secret_watch: tokio::sync::broadcast::Sender<Value>,
+    mirror_watch: tokio::sync::broadcast::Sender<Value>,
 }
 
 impl Default for ApiState {
@@ -126,10 +135,15 @@ impl Default for ApiState {
             leases: BTreeMap::new(),
             secret_list_delay: Duration::ZERO,
             requests: Vec::new(),
+            mirrors: BTreeMap::new(),
+            mirror_status_patches: Vec::new(),
+            applied: Vec::new(),
+            deleted: Vec::new(),
             resource_version: 100,
             frozen: tokio::sync::watch::channel(BTreeSet::new()).0,
             bundle_copy_watch: tokio::sync::broadcast::channel(4096).0,
             secret_watch: tokio::sync::broadcast::channel(64).0,
+            mirror_watch: tokio::sync::broadcast::channel(64).0,
         }
     }
 }
@@ -253,6 +267,29 @@ impl FakeApiServer {
         object["metadata"]["resourceVersion"] = json!(version);
         let event = json!({"type": "MODIFIED", "object": object.clone()});
         let _ = state.bundle_copy_watch.send(event);
+    }
+
+    /// Creates or replaces a BundleMirror's spec (a new generation) and tells the watches, as a
+    /// `kubectl apply` would.
+    pub fn put_mirror(&self, name: &str, spec: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.resource_version += 1;
+        let version = state.resource_version.to_string();
+        let namespace = self.namespace.clone();
+        let existed = state.mirrors.contains_key(name);
+        let object = state.mirrors.entry(name.to_string()).or_insert_with(|| {
+            json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleMirror",
+                   "metadata": {"name": name, "namespace": namespace,
+                                "uid": format!("m1770000-0000-4000-8000-{:012}", name.len()),
+                                "generation": 0}})
+        });
+        object["spec"] = spec;
+        let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        object["metadata"]["generation"] = json!(generation);
+        object["metadata"]["resourceVersion"] = json!(version);
+        let event =
+            json!({"type": if existed { "MODIFIED" } else { "ADDED" }, "object": object.clone()});
+        let _ = state.mirror_watch.send(event);
     }
 
     /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
@@ -382,30 +419,40 @@ async fn handle(
     let secrets = format!("/api/v1/namespaces/{namespace}/secrets");
     let events = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
     let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases");
+    let bundle_mirrors =
+        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{namespace}/bundlemirrors");
 
-    if method == Method::GET && (path == bundle_copies || path == secrets) && watching {
+    let selector = label_selector(&query);
+    if method == Method::GET
+        && (path == bundle_copies || path == secrets || path == bundle_mirrors)
+        && watching
+    {
         let receiver = {
             let state = state.lock().unwrap();
             if path == bundle_copies {
                 state.bundle_copy_watch.subscribe()
+            } else if path == bundle_mirrors {
+                state.mirror_watch.subscribe()
             } else {
                 state.secret_watch.subscribe()
             }
         };
-        // Open until the test ends; one JSON line per event, none while the link is frozen.
-        let watcher = (receiver, frozen, client);
+        // Open until the test ends; one JSON line per event (those the label selector lets
+        // through), none while the link is frozen.
+        let watcher = (receiver, frozen, client, selector);
         let events = futures_util::stream::unfold(
             watcher,
-            |(mut receiver, mut frozen, client)| async move {
+            |(mut receiver, mut frozen, client, selector)| async move {
                 loop {
                     match receiver.recv().await {
+                        Ok(event) if !selects(selector.as_deref(), &event["object"]) => continue,
                         Ok(event) => {
                             let _ = frozen.wait_for(|frozen| !frozen.contains(&client)).await;
                             let mut line = serde_json::to_vec(&event).unwrap();
                             line.push(b'\n');
                             return Some((
                                 Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
-                                (receiver, frozen, client),
+                                (receiver, frozen, client, selector),
                             ));
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -427,6 +474,102 @@ async fn handle(
     }
     let mut state = state.lock().unwrap();
     let response = match (method.clone(), path.as_str()) {
+        (Method::GET, p) if p == bundle_copies && selector.is_some() => {
+            // A mirror's children (the mirror controller's own list and watch).
+            let items: Vec<&Value> = state
+                .objects
+                .values()
+                .filter(|object| selects(selector.as_deref(), object))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
+                        "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, p) if p == bundle_mirrors => {
+            let items: Vec<&Value> = state.mirrors.values().collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleMirrorList",
+                        "metadata": {"resourceVersion": "100"}, "items": items}),
+            )
+        }
+        (Method::PATCH, p)
+            if p.starts_with(&format!("{bundle_mirrors}/")) && p.ends_with("/status") =>
+        {
+            let name = p[bundle_mirrors.len() + 1..p.len() - "/status".len()].to_string();
+            state.resource_version += 1;
+            let version = state.resource_version.to_string();
+            match state.mirrors.get_mut(&name) {
+                Some(object) => {
+                    object["status"] = body["status"].clone();
+                    object["metadata"]["resourceVersion"] = json!(version);
+                    let object = object.clone();
+                    state
+                        .mirror_status_patches
+                        .push((name, body["status"].clone()));
+                    let _ = state
+                        .mirror_watch
+                        .send(json!({"type": "MODIFIED", "object": object}));
+                    json_response(StatusCode::OK, &object)
+                }
+                None => {
+                    state.unexpected.push(format!("{method} {path}"));
+                    not_found(&format!("bundlemirrors {name:?}"))
+                }
+            }
+        }
+        (Method::PATCH, p)
+            if p.starts_with(&format!("{bundle_copies}/")) && !p.ends_with("/status") =>
+        {
+            // Server-side apply of a whole BundleCopy (a mirror's child): create or update.
+            let name = p[bundle_copies.len() + 1..].to_string();
+            state.applied.push((name.clone(), body.clone()));
+            state.resource_version += 1;
+            let version = state.resource_version.to_string();
+            let existed = state.objects.contains_key(&name);
+            let object = state.objects.entry(name.clone()).or_insert_with(|| {
+                json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
+                       "metadata": {"name": name, "namespace": namespace,
+                                    "uid": format!("c0c0c0c0-0000-4000-8000-{:012}", version.len() * 1000 + name.len()),
+                                    "generation": 0}})
+            });
+            let spec_changed = object["spec"] != body["spec"];
+            for field in ["labels", "annotations", "ownerReferences"] {
+                if !body["metadata"][field].is_null() {
+                    object["metadata"][field] = body["metadata"][field].clone();
+                }
+            }
+            object["spec"] = body["spec"].clone();
+            if spec_changed {
+                let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                object["metadata"]["generation"] = json!(generation);
+            }
+            object["metadata"]["resourceVersion"] = json!(version);
+            let object = object.clone();
+            let kind = if existed { "MODIFIED" } else { "ADDED" };
+            let _ = state
+                .bundle_copy_watch
+                .send(json!({"type": kind, "object": object}));
+            json_response(StatusCode::OK, &object)
+        }
+        (Method::DELETE, p) if p.starts_with(&format!("{bundle_copies}/")) => {
+            let name = p[bundle_copies.len() + 1..].to_string();
+            match state.objects.remove(&name) {
+                Some(object) => {
+                    state.deleted.push(name);
+                    let _ = state
+                        .bundle_copy_watch
+                        .send(json!({"type": "DELETED", "object": object}));
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    )
+                }
+                None => not_found(&format!("bundlecopies {name:?}")),
+            }
+        }
         (Method::GET, p) if p == bundle_copies => {
             state.bundle_copy_lists += 1;
             // The startup probe asks for one; the watcher gets everything in one page.
@@ -563,6 +706,26 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// The `labelSelector` of a request, decoded.
+fn label_selector(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Whether `object` matches a selector of the forms `key` (the label exists) and `key=value`,
+/// comma-separated; no selector matches everything.
+fn selects(selector: Option<&str>, object: &Value) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((key, value)) => labels[key.trim_end_matches('=')] == value,
+        None => !labels[term].is_null(),
+    })
 }
 
 fn conflict(reason: &str, message: &str) -> Response<ResponseBody> {

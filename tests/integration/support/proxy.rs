@@ -99,7 +99,7 @@ pub enum Fault {
     Truncate { keep: u64 },
     /// Answer a blob GET with a 307 to the blob storage host, which serves the bytes.
     RedirectToStorage,
-    /// Serve `tags/list` in pages of `n` (from the query, else `page`) after `last`, with a
+    /// Serve `tags/list` in pages of at most `page` (fewer when the query's `n` says so) after `last`, with a
     /// `Link: <…>; rel="next"` header while more remain — the distribution API's pagination,
     /// which distribution 2.8 itself does not do. The tags come from the registry.
     PaginateTags { page: usize },
@@ -594,10 +594,11 @@ async fn paginate_tags(
                 .collect()
         })
         .unwrap_or_default();
+    // A registry may answer with fewer than `n`.
     let page = query
         .get("n")
         .and_then(|n| n.parse().ok())
-        .unwrap_or(default_page);
+        .map_or(default_page, |asked: usize| asked.min(default_page));
     let upstream = forward(state, request, path).await?;
     if upstream.status() != reqwest::StatusCode::OK {
         return Ok(relay(state, upstream, None));
