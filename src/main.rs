@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             Command::Inspect(inspect) => {
                 init_cli_logging(
                     inspect
+                        .registry
                         .connection
                         .log_level
                         .as_deref()
@@ -101,7 +102,8 @@ fn main() -> ExitCode {
             }
             Command::Tags(tags) => {
                 init_cli_logging(
-                    tags.connection
+                    tags.registry
+                        .connection
                         .log_level
                         .as_deref()
                         .or(args.log_level.as_deref()),

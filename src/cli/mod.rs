@@ -45,6 +45,32 @@ pub struct ConnectionArgs {
     pub log_level: Option<String>,
 }
 
+/// How the commands that read one registry (`inspect`, `tags`) reach it.
+#[derive(Debug, Clone, Args)]
+pub struct OneRegistryArgs {
+    /// Allow plain HTTP or an unverified certificate
+    #[arg(long)]
+    pub insecure_registry: bool,
+
+    /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+impl OneRegistryArgs {
+    /// The endpoint's options: insecure, CA and the Docker config's credentials.
+    fn endpoint(&self) -> Result<EndpointOptions, CliError> {
+        Ok(EndpointOptions {
+            insecure: self.insecure_registry,
+            ca_pem: read_ca(self.ca_file.as_deref())?,
+            credentials: load_docker_config(self.connection.docker_config.as_deref())?,
+        })
+    }
+}
+
 /// `bundlecopy copy`: the equivalent of `porter copy`.
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
@@ -95,16 +121,8 @@ pub struct InspectArgs {
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
 
-    /// Allow plain HTTP or an unverified certificate
-    #[arg(long)]
-    pub insecure_registry: bool,
-
-    /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
-
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub registry: OneRegistryArgs,
 }
 
 /// `bundlecopy tags`: a repository's tags, or those a BundleMirror with the same selection
@@ -131,16 +149,8 @@ pub struct TagsArgs {
     #[arg(long, value_name = "N")]
     pub latest: Option<u32>,
 
-    /// Allow plain HTTP or an unverified certificate
-    #[arg(long)]
-    pub insecure_registry: bool,
-
-    /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
-
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub registry: OneRegistryArgs,
 }
 
 /// A CLI failure: the message (one line) and the process exit code.
@@ -196,19 +206,6 @@ fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
         })
     })
     .transpose()
-}
-
-/// The endpoint of a command that talks to one registry (`inspect`, `tags`).
-fn one_endpoint(
-    insecure: bool,
-    ca_file: Option<&Path>,
-    connection: &ConnectionArgs,
-) -> Result<EndpointOptions, CliError> {
-    Ok(EndpointOptions {
-        insecure,
-        ca_pem: read_ca(ca_file)?,
-        credentials: load_docker_config(connection.docker_config.as_deref())?,
-    })
 }
 
 fn settings(connection: &ConnectionArgs, concurrency: usize) -> EngineSettings {
@@ -305,14 +302,15 @@ fn without_digest(reference: &str) -> &str {
 }
 
 pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
-    let endpoint = one_endpoint(
-        args.insecure_registry,
-        args.ca_file.as_deref(),
-        &args.connection,
-    )?;
-    let report = inspect_bundle(&args.reference, &endpoint, &settings(&args.connection, 8)).await?;
+    let endpoint = args.registry.endpoint()?;
+    let report = inspect_bundle(
+        &args.reference,
+        &endpoint,
+        &settings(&args.registry.connection, 8),
+    )
+    .await?;
     let mut out = String::new();
-    match args.connection.output {
+    match args.registry.connection.output {
         OutputFormat::Json => {
             out = serde_json::to_string_pretty(&report).map_err(|e| CliError {
                 message: format!("cannot render the report: {e}"),
@@ -367,12 +365,13 @@ pub async fn run_tags(args: TagsArgs) -> Result<(), CliError> {
             message: format!("--{}: {e}", e.field()),
         })?)
     };
-    let endpoint = one_endpoint(
-        args.insecure_registry,
-        args.ca_file.as_deref(),
-        &args.connection,
-    )?;
-    let tags = list_tags(&args.repository, &endpoint, &settings(&args.connection, 1)).await?;
+    let endpoint = args.registry.endpoint()?;
+    let tags = list_tags(
+        &args.repository,
+        &endpoint,
+        &settings(&args.registry.connection, 1),
+    )
+    .await?;
     let chosen: Vec<(String, Option<String>)> = match &selection {
         Some(selection) => selection
             .select(tags.iter().map(String::as_str))
@@ -387,7 +386,7 @@ pub async fn run_tags(args: TagsArgs) -> Result<(), CliError> {
             })
             .collect(),
     };
-    let out = match args.connection.output {
+    let out = match args.registry.connection.output {
         OutputFormat::Json => {
             let items: Vec<serde_json::Value> = chosen
                 .iter()
