@@ -1,27 +1,20 @@
 //! `controller::run` as a process, the way `bundlecopy controller` runs it: a kubeconfig pointing
-//! at a small fake API server on loopback (real HTTP), leader election on, real registries
+//! at the shared fake API server (`support::fake_api`, real HTTP on loopback), leader election on, real registries
 //! behind the copy, SIGTERM at the end. The test re-runs its own binary with one test selected
 //! (`controller_run_child`) so that the child has its own signal handlers and environment.
 //! `cargo test --test integration controller::process`
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use bundlecopy::operator::args::ControllerArgs;
 
-use crate::support::fake_api::{ResponseBody, json_response, not_found};
+use crate::support::fake_api::{ApiState, FakeApiServer, bundle_copy_object};
 use crate::support::process::{spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
 use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};
@@ -49,154 +42,28 @@ async fn controller_run_child() {
         .expect("the controller ends cleanly");
 }
 
-/// What the fake API server holds and saw.
-#[derive(Default)]
-struct ApiState {
-    bundle_copy: Value,
-    lease: Option<Value>,
-    status_patches: Vec<Value>,
-    events: Vec<Value>,
-    lease_writes: Vec<Value>,
-    unexpected: Vec<String>,
-    /// Every request, as `METHOD path?query`, in order.
-    requests: Vec<String>,
-}
-
-async fn handle(
-    request: Request<Incoming>,
-    state: Arc<Mutex<ApiState>>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let watching = query.contains("watch=true") || query.contains("watch=1");
-    let mut state = state.lock().unwrap();
-    state.requests.push(format!("{method} {path}?{query}"));
-
-    let bundle_copies =
-        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies");
-    let secrets = format!("/api/v1/namespaces/{NAMESPACE}/secrets");
-    let events = format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events");
-    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases");
-    let lease = format!("{leases}/bundlecopy-operator");
-    let bundle_mirrors =
-        format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlemirrors");
-
-    let response = match (method.clone(), path.as_str()) {
-        (Method::GET, p)
-            if (p == bundle_copies || p == secrets || p == bundle_mirrors) && watching =>
-        {
-            // A watch that stays open and quiet: nothing changes in this test's cluster.
-            let quiet = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
-            Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/json")
-                .body(StreamBody::new(quiet).boxed_unsync())
-                .unwrap()
-        }
-        // No BundleMirrors here; the mirror controller (on by default) lists and watches them,
-        // and lists the BundleCopies they own (none).
-        (Method::GET, p) if p == bundle_mirrors => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleMirrorList",
-                    "metadata": {"resourceVersion": "100"}, "items": []}),
-        ),
-        (Method::GET, p) if p == bundle_copies && query.contains("labelSelector") => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
-                    "metadata": {"resourceVersion": "100"}, "items": []}),
-        ),
-        (Method::GET, p) if p == bundle_copies => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopyList",
-                    "metadata": {"resourceVersion": "100"}, "items": [state.bundle_copy]}),
-        ),
-        (Method::GET, p) if p == secrets => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                    "metadata": {"resourceVersion": "100"}, "items": []}),
-        ),
-        (Method::PATCH, p) if p == format!("{bundle_copies}/hello/status") => {
-            state.status_patches.push(body.clone());
-            state.bundle_copy["status"] = body["status"].clone();
-            json_response(StatusCode::OK, &state.bundle_copy)
-        }
-        (Method::POST, p) if p == events => {
-            state.events.push(body.clone());
-            json_response(StatusCode::CREATED, &body)
-        }
-        (Method::PATCH, p) if p.starts_with(&format!("{events}/")) => {
-            state.events.push(body.clone());
-            json_response(StatusCode::OK, &body)
-        }
-        (Method::GET, p) if p == lease => match &state.lease {
-            Some(current) => json_response(StatusCode::OK, current),
-            None => not_found("leases \"bundlecopy-operator\""),
-        },
-        (Method::POST, p) if p == leases => {
-            let mut created = body.clone();
-            created["metadata"]["resourceVersion"] = json!("1");
-            state.lease = Some(created.clone());
-            state.lease_writes.push(body.clone());
-            json_response(StatusCode::CREATED, &created)
-        }
-        (Method::PUT, p) if p == lease => {
-            let version: u64 = state
-                .lease
-                .as_ref()
-                .and_then(|l| l["metadata"]["resourceVersion"].as_str()?.parse().ok())
-                .unwrap_or(0);
-            let mut written = body.clone();
-            written["metadata"]["resourceVersion"] = json!((version + 1).to_string());
-            state.lease = Some(written.clone());
-            state.lease_writes.push(body.clone());
-            json_response(StatusCode::OK, &written)
-        }
-        _ => {
-            state.unexpected.push(format!("{method} {path}?{query}"));
-            not_found(&path)
-        }
-    };
-    Ok(response)
-}
-
-async fn start_fake_api_server(state: Arc<Mutex<ApiState>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |request| handle(request, state.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    format!("http://{address}")
-}
-
-fn write_kubeconfig(dir: &Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-         users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NAMESPACE}\n\
-         current-context: fake\n"
+/// The shared fake API server holding one BundleCopy `hello` (uid ending in `uid_suffix`) and,
+/// if given, the operator's Lease.
+async fn hello_api(uid_suffix: u32, spec: Value, lease: Option<Value>) -> FakeApiServer {
+    let mut state = ApiState::default();
+    state.objects.insert(
+        "hello".into(),
+        bundle_copy_object(NAMESPACE, "hello", uid_suffix, spec, None),
     );
-    std::fs::write(&path, config).unwrap();
-    path
+    if let Some(lease) = lease {
+        state.leases.insert("bundlecopy-operator".into(), lease);
+    }
+    FakeApiServer::start(NAMESPACE, state).await
+}
+
+/// Whether a status patch set Ready True.
+fn ready_true_written(state: &ApiState) -> bool {
+    state.status_patches.iter().any(|(_, status)| {
+        status["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    })
 }
 
 /// Starts this test binary as the controller (`controller_run_child`) with leader election on,
@@ -246,19 +113,15 @@ async fn controller_run_copies_and_stops_on_sigterm() {
         TestRegistry::start(RegistryKind::Plain)
     );
     let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
-    let state = Arc::new(Mutex::new(ApiState {
-        bundle_copy: json!({
-            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
-            "metadata": {"name": "hello", "namespace": NAMESPACE, "uid": "7e57c0de-0000-4000-8000-000000000003",
-                         "generation": 1, "resourceVersion": "100"},
-            "spec": {"source": {"reference": pushed.reference},
-                     "destination": {"reference": format!("{}/mirror", destination.host())}},
-        }),
-        ..Default::default()
-    }));
-    let server = start_fake_api_server(state.clone()).await;
+    let api = hello_api(
+        3,
+        json!({"source": {"reference": pushed.reference},
+               "destination": {"reference": format!("{}/mirror", destination.host())}}),
+        None,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let kubeconfig = api.write_kubeconfig(dir.path());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let log_path = dir.path().join("controller.log");
     let mut child = spawn_controller(&kubeconfig, &metrics_addr, "child-1", &log_path);
@@ -284,15 +147,7 @@ async fn controller_run_copies_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let copied = || {
-        let state = state.lock().unwrap();
-        state.status_patches.iter().any(|patch| {
-            patch["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-    };
+    let copied = || ready_true_written(&api.state.lock().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while !copied() {
         assert!(
@@ -328,7 +183,7 @@ async fn controller_run_copies_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
     assert!(status.success(), "exit {status}:\n{}", log_tail());
 
-    let state = state.lock().unwrap();
+    let state = api.state.lock().unwrap();
     assert!(
         state.unexpected.is_empty(),
         "unexpected requests: {:?}",
@@ -356,10 +211,7 @@ async fn controller_run_copies_and_stops_on_sigterm() {
             .fold(BTreeMap::new(), |mut counts, patch| {
                 *counts
                     .entry(
-                        if patch["status"]["conditions"]
-                            .to_string()
-                            .contains("\"Copying\"")
-                        {
+                        if patch.1["conditions"].to_string().contains("\"Copying\"") {
                             "copying"
                         } else {
                             "done"
@@ -400,26 +252,22 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
         TestRegistry::start(RegistryKind::Plain)
     );
     let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
-    let state = Arc::new(Mutex::new(ApiState {
-        bundle_copy: json!({
-            "apiVersion": "bundlecopy.dev/v1alpha1", "kind": "BundleCopy",
-            "metadata": {"name": "hello", "namespace": NAMESPACE, "uid": "7e57c0de-0000-4000-8000-000000000004",
-                         "generation": 1, "resourceVersion": "100"},
-            "spec": {"source": {"reference": pushed.reference},
-                     "destination": {"reference": format!("{}/mirror", destination.host())}},
-        }),
-        lease: Some(json!({
+    let api = hello_api(
+        4,
+        json!({"source": {"reference": pushed.reference},
+               "destination": {"reference": format!("{}/mirror", destination.host())}}),
+        Some(json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "bundlecopy-operator", "namespace": NAMESPACE, "resourceVersion": "5"},
             "spec": {"holderIdentity": "other-replica", "leaseDurationSeconds": 15,
                      "renewTime": now_micro_time(), "leaseTransitions": 0},
         })),
-        ..Default::default()
-    }));
+    )
+    .await;
     // The other replica renews every second, as a live leader does, until `released` is set.
     let (release, released) = tokio::sync::watch::channel(false);
     let renewer = {
-        let state = state.clone();
+        let state = api.state.clone();
         let mut released = released.clone();
         tokio::spawn(async move {
             loop {
@@ -428,7 +276,7 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
                     _ = released.wait_for(|r| *r) => return,
                 }
                 let mut state = state.lock().unwrap();
-                if let Some(lease) = state.lease.as_mut() {
+                if let Some(lease) = state.leases.get_mut("bundlecopy-operator") {
                     lease["spec"]["renewTime"] = now_micro_time();
                     let version: u64 = lease["metadata"]["resourceVersion"]
                         .as_str()
@@ -439,9 +287,8 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
             }
         })
     };
-    let server = start_fake_api_server(state.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let kubeconfig = api.write_kubeconfig(dir.path());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let log_path = dir.path().join("controller.log");
     let mut child = spawn_controller(&kubeconfig, &metrics_addr, "child-2", &log_path);
@@ -476,9 +323,9 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(probe(&readyz).await, (200, "standby\n".to_string()));
     {
-        let state = state.lock().unwrap();
-        let bundle_copy_requests: Vec<&String> = state
-            .requests
+        let state = api.state.lock().unwrap();
+        let requests: Vec<String> = state.requests.iter().map(|r| r.to_string()).collect();
+        let bundle_copy_requests: Vec<&String> = requests
             .iter()
             .filter(|r| r.contains("/bundlecopies"))
             .collect();
@@ -488,26 +335,25 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
             "a standby only checks once that BundleCopies are listable: {bundle_copy_requests:?}"
         );
         assert!(
-            bundle_copy_requests[0].starts_with("GET ")
+            bundle_copy_requests[0].starts_with("anonymous GET ")
                 && bundle_copy_requests[0].contains("limit=1")
                 && !bundle_copy_requests[0].contains("watch"),
             "{bundle_copy_requests:?}"
         );
-        let others: Vec<&String> = state
-            .requests
+        let others: Vec<&String> = requests
             .iter()
             .filter(|r| !r.contains("/bundlecopies") && !r.contains("/leases/bundlecopy-operator"))
             .collect();
         assert!(others.is_empty(), "a standby touched {others:?}");
-        let lease_reads = state
-            .requests
+        let lease_reads = requests
             .iter()
-            .filter(|r| r.starts_with("GET ") && r.contains("/leases/bundlecopy-operator"))
+            .filter(|r| {
+                r.starts_with("anonymous GET ") && r.contains("/leases/bundlecopy-operator")
+            })
             .count();
         assert!(
             lease_reads >= 3,
-            "the standby keeps contending: {:?}",
-            state.requests
+            "the standby keeps contending: {requests:?}"
         );
         assert!(state.lease_writes.is_empty(), "{:?}", state.lease_writes);
         assert!(state.status_patches.is_empty() && state.events.is_empty());
@@ -517,8 +363,8 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
     release.send(true).unwrap();
     renewer.await.unwrap();
     {
-        let mut state = state.lock().unwrap();
-        let lease = state.lease.as_mut().unwrap();
+        let mut state = api.state.lock().unwrap();
+        let lease = state.leases.get_mut("bundlecopy-operator").unwrap();
         lease["spec"]["holderIdentity"] = Value::Null;
         lease["spec"]["renewTime"] = Value::Null;
     }
@@ -534,12 +380,7 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
     assert_eq!(probe(&readyz).await, (200, "leader\n".to_string()));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let copied = state.lock().unwrap().status_patches.iter().any(|patch| {
-            patch["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        });
+        let copied = ready_true_written(&api.state.lock().unwrap());
         if copied {
             break;
         }
@@ -569,7 +410,7 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
         .await
         .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
     assert!(status.success(), "exit {status}:\n{}", log_tail());
-    let state = state.lock().unwrap();
+    let state = api.state.lock().unwrap();
     assert!(
         state.unexpected.is_empty(),
         "unexpected requests: {:?}",
@@ -585,17 +426,11 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
 #[tokio::test]
 async fn controller_run_is_starting_until_the_api_server_answers() {
     bundlecopy_engine::install_crypto_provider();
-    // An API server that accepts connections and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
+    // An API server that accepts connections and never answers: the fake, frozen from the start.
+    let api = FakeApiServer::start(NAMESPACE, ApiState::default()).await;
+    api.freeze("anonymous");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &server);
+    let kubeconfig = api.write_kubeconfig(dir.path());
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let log_path = dir.path().join("controller.log");
     let mut child = spawn_controller(&kubeconfig, &metrics_addr, "child-3", &log_path);
@@ -635,5 +470,9 @@ async fn controller_run_is_starting_until_the_api_server_answers() {
             )
         });
     assert!(status.success(), "exit {status}:\n{}", log_tail());
-    silent.abort();
+    let state = api.state.lock().unwrap();
+    assert!(
+        state.requests.iter().all(|request| request.held),
+        "nothing was answered"
+    );
 }

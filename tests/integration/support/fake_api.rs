@@ -97,6 +97,8 @@ pub struct ApiState {
     pub echoes_delivered: usize,
     /// Leases by name.
     pub leases: BTreeMap<String, Value>,
+    /// The body of every Lease create or replace that was applied, in order.
+    pub lease_writes: Vec<Value>,
     /// How long a (non-watch) list of Secrets takes to answer: on a real API server the Secret
     /// listing may arrive well after the first reconciles have run.
     pub secret_list_delay: Duration,
@@ -133,6 +135,7 @@ impl Default for ApiState {
             unexpected: Vec::new(),
             echoes_delivered: 0,
             leases: BTreeMap::new(),
+            lease_writes: Vec::new(),
             secret_list_delay: Duration::ZERO,
             requests: Vec::new(),
             mirrors: BTreeMap::new(),
@@ -672,6 +675,7 @@ async fn handle(
                 lease["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
                 lease["metadata"]["namespace"] = json!(namespace);
                 state.leases.insert(name, lease.clone());
+                state.lease_writes.push(body.clone());
                 json_response(StatusCode::CREATED, &lease)
             }
         }
@@ -696,6 +700,7 @@ async fn handle(
                     lease["metadata"]["resourceVersion"] =
                         json!(state.resource_version.to_string());
                     state.leases.insert(name, lease.clone());
+                    state.lease_writes.push(body.clone());
                     json_response(StatusCode::OK, &lease)
                 }
             }
