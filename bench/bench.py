@@ -3,6 +3,11 @@
 
     bench/bench.py [--runs 5] [--shapes 1,2,3,4a,4b,5,6] [--quick] [--workdir .work/bench]
                    [--bin target/release/bundlecopy] [--keep-going]
+    bench/bench.py --latency 50,100,50/200 [--shapes h,3,1] [--runs 3]
+
+With --latency the source registry is reached through bench/latency_proxy.py (a round-trip time
+and optionally a bandwidth cap per setting), and the report counts requests, connections and
+sequential round trips to the source (bench/README.md, "Latency mode").
 
 Starts Debian `docker-registry` processes bound to 127.0.0.1 on free ports, publishes bundles of
 the configured shapes to a source registry whose storage is kept under WORKDIR/cache (so test data
@@ -766,7 +771,7 @@ def report_latency(bench):
         for metric, label, fmt in LATENCY_METRICS:
             ours = summary([s[metric] for s in samples["ours"]])
             theirs = summary([s[metric] for s in samples["skopeo"]])
-            ratio = f"{ours[0] / theirs[0]:.2f}" if theirs[0] > 0 else "–"
+            ratio = f"{ours[0] / theirs[0]:.2f}" if theirs[0] > 0 and ours[0] > 0 else "–"
             cell = lambda v: (f"{fmt.format(v[0])} ({fmt.format(v[1])}–{fmt.format(v[2])})"
                               if v[1] != v[2] else fmt.format(v[0]))
             lines.append(f"| {shape.key}: {shape.title} | {network.label} | {label} | {cell(ours)} | "
