@@ -559,7 +559,8 @@ class Bench:
         self.plain = RegistryProcess("dest-http", self.home, self.home / "dest-http",
                                      access_log=bool(self.args.latency))
         self.secure = RegistryProcess("dest-tls-auth", self.home, self.home / "dest-tls-auth",
-                                      tls=(leaf, key, ca), htpasswd=self.cache / "htpasswd")
+                                      tls=(leaf, key, ca), htpasswd=self.cache / "htpasswd",
+                                      access_log=bool(self.args.latency))
         self.registries = [self.source, self.plain, self.secure]
         for registry in self.registries:
             registry.start()
