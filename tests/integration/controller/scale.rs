@@ -95,8 +95,9 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
     // The destination already holds the bundle's blobs and manifests (under another tag): the
     // copies push tags. Without this, the first copies upload the same blobs into the same
     // repository at once, and distribution 2.8 sometimes then refuses one of them a manifest PUT
-    // with MANIFEST_BLOB_UNKNOWN (seen in 2 of 100 copies), which the controller takes for a
-    // permanent error: a real race, to be handled in the engine, not a flake to keep here.
+    // with DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN (2 of 100 copies once), which the controller
+    // takes for a permanent error: a real race, to be handled in the engine, not a flake to keep
+    // here.
     let seed = copy_request(
         source_reference.clone(),
         format!("{}/mirror/app:seed", destination_proxy.host()),
