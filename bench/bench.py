@@ -3,6 +3,11 @@
 
     bench/bench.py [--runs 5] [--shapes 1,2,3,4a,4b,5,6] [--quick] [--workdir .work/bench]
                    [--bin target/release/bundlecopy] [--keep-going]
+    bench/bench.py --latency 50,100,50/200 [--shapes h,3,1] [--runs 3]
+
+With --latency the source registry is reached through bench/latency_proxy.py (a round-trip time
+and optionally a bandwidth cap per setting), and the report counts requests, connections and
+sequential round trips to the source (bench/README.md, "Latency mode").
 
 Starts Debian `docker-registry` processes bound to 127.0.0.1 on free ports, publishes bundles of
 the configured shapes to a source registry whose storage is kept under WORKDIR/cache (so test data
@@ -103,6 +108,9 @@ def shapes_for(quick):
               mode="repeat"),
         Shape("6", "shape 1 into another repository of the same registry", 4, big, seed=1,
               mode="same-registry"),
+        # porter-hello-like: the invocation image and two component images, 20 small layers.
+        Shape("h", "porter-hello-like: 3 images, 8 x 512 KiB + 2 x 6 x 256 KiB layers", 8, 512 * 1024,
+              2, 6, 256 * 1024, seed=5),
     ]
 
 
@@ -118,8 +126,9 @@ def free_port():
 class RegistryProcess:
     """One docker-registry process bound to 127.0.0.1, with its config under `home`."""
 
-    def __init__(self, name, home, storage, tls=None, htpasswd=None):
+    def __init__(self, name, home, storage, tls=None, htpasswd=None, access_log=False):
         self.name = name
+        self.access_log = access_log  # one line per request in the log (latency mode counts them)
         self.home = home
         self.storage = storage
         self.tls = tls            # (certificate, key)
@@ -135,7 +144,7 @@ class RegistryProcess:
     def write_config(self):
         lines = [
             "version: 0.1",
-            "log: {level: error, accesslog: {disabled: true}}",
+            f"log: {{level: error, accesslog: {{disabled: {'false' if self.access_log else 'true'}}}}}",
             "storage:",
             f"  filesystem: {{rootdirectory: {self.storage}}}",
             "  delete: {enabled: true}",
@@ -204,13 +213,8 @@ class RegistryProcess:
             conn.close()
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
         self.process = None
         if self.log_file:
             self.log_file.close()
@@ -221,6 +225,17 @@ class RegistryProcess:
         self.stop()
         shutil.rmtree(self.storage, ignore_errors=True)
         self.start()
+
+
+def stop_process(process):
+    """SIGTERM, then SIGKILL after 10 s; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def make_certificates(directory):
@@ -420,6 +435,103 @@ def measure(command):
 
 
 # ---------------------------------------------------------------------------------------------
+# Latency mode: the source behind bench/latency_proxy.py
+
+PROXY = Path(__file__).resolve().parent / "latency_proxy.py"
+ACCESS_LOG_METHODS = (b'"GET ', b'"HEAD ', b'"POST ', b'"PUT ', b'"PATCH ', b'"DELETE ')
+
+
+class Network:
+    """A network setting between the tools and the source registry: `RTT` or `RTT/MBIT`."""
+
+    def __init__(self, text):
+        rtt, _, rate = text.partition("/")
+        self.rtt_ms = float(rtt)
+        self.rate_mbit = float(rate) if rate else 0.0
+        self.label = f"{self.rtt_ms:g} ms" + (f", {self.rate_mbit:g} Mbit/s" if self.rate_mbit else "")
+        self.key = text
+
+
+class LatencyProxy:
+    """bench/latency_proxy.py in front of a registry, as a process of its own (its CPU is neither
+    ours nor the tools')."""
+
+    def __init__(self, home, upstream, network):
+        self.events = home / f"proxy-{network.key.replace('/', '-')}.jsonl"
+        self.events.write_text("")
+        command = [sys.executable, str(PROXY), "--upstream", upstream.host,
+                   "--rtt-ms", str(network.rtt_ms), "--events", str(self.events)]
+        if network.rate_mbit:
+            command += ["--rate-mbit", str(network.rate_mbit)]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=open(home / "proxy.log", "ab"), start_new_session=True)
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("listening on "):
+            self.stop()
+            sys.exit(f"latency proxy did not start: {line!r}; see {home / 'proxy.log'}")
+        self.host = line.split()[-1]
+
+    def offset(self):
+        return self.events.stat().st_size
+
+    def read_events(self, offset, timeout=5.0):
+        """The events logged since `offset`, once every connection opened since then has been
+        closed (the proxy logs a close after passing on the end of both directions)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.events, "rb") as f:
+                f.seek(offset)
+                events = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+            opened = sum(1 for e in events if e["e"] == "open")
+            closed = sum(1 for e in events if e["e"] == "close")
+            if opened == closed or time.monotonic() > deadline:
+                return events
+            time.sleep(0.05)
+
+    def stop(self):
+        stop_process(self.process)
+
+
+def source_traffic(events):
+    """Requests, connections and sequential round trips seen by the latency proxy.
+
+    Round trips on the critical path: the longest chain of exchanges with the source in which
+    each one began only after the previous one's answer had begun to arrive. An exchange is a
+    request (from when it was sent, counting a fresh connection as usable one RTT after it was
+    accepted, until the first byte of its response was delivered), a connection set-up (from
+    accept to accept + RTT) or a TLS ClientHello sent to the plain-HTTP source (skopeo probes
+    HTTPS first; until the source answers). Each link of such a chain costs at least one RTT, so
+    wall time >= chain x RTT."""
+    requests = {}
+    exchanges = []
+    connections = 0
+    for e in events:
+        if e["e"] == "open":
+            connections += 1
+            exchanges.append((e["t"], e["ready"]))
+        elif e["e"] == "req":
+            requests[e["r"]] = e
+        elif e["e"] == "resp" and e["r"] in requests:
+            exchanges.append((requests[e["r"]]["t"], e["t"]))
+    exchanges.sort()
+    # Longest chain in an interval order: best[i] = 1 + max(best[j] for j ending by i's start).
+    best = []
+    for i, (start, _) in enumerate(exchanges):
+        best.append(1 + max((best[j] for j in range(i) if exchanges[j][1] <= start), default=0))
+    probes = sum(1 for r in requests.values() if r["m"] == "TLS-PROBE")
+    return {"source_requests": len(requests) - probes, "source_connections": connections,
+            "source_tls_probes": probes, "source_round_trips": max(best, default=0)}
+
+
+def access_log_requests(path, offset):
+    """Requests in a registry's access log (Apache combined format) after `offset`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return sum(1 for line in f.read().splitlines()
+                   if any(method in line for method in ACCESS_LOG_METHODS))
+
+
+# ---------------------------------------------------------------------------------------------
 # The benchmark
 
 class Bench:
@@ -428,9 +540,11 @@ class Bench:
         self.work = Path(args.workdir).resolve()
         self.cache = self.work / "cache"
         self.home = self.work / "run"
-        self.shapes = [s for s in shapes_for(args.quick) if s.key in args.shapes]
+        by_key = {s.key: s for s in shapes_for(args.quick)}
+        self.shapes = [by_key[key] for key in args.shapes if key in by_key]
         self.registries = []
         self.results = {}
+        self.proxy = None      # latency mode: the proxy in front of the source, per network
 
     def setup(self):
         shutil.rmtree(self.home, ignore_errors=True)
@@ -442,9 +556,11 @@ class Bench:
         make_htpasswd(self.cache / "htpasswd")
         # The source keeps its storage in the cache: published bundles survive between runs.
         self.source = RegistryProcess("source", self.home, self.cache / "source-registry")
-        self.plain = RegistryProcess("dest-http", self.home, self.home / "dest-http")
+        self.plain = RegistryProcess("dest-http", self.home, self.home / "dest-http",
+                                     access_log=bool(self.args.latency))
         self.secure = RegistryProcess("dest-tls-auth", self.home, self.home / "dest-tls-auth",
-                                      tls=(leaf, key, ca), htpasswd=self.cache / "htpasswd")
+                                      tls=(leaf, key, ca), htpasswd=self.cache / "htpasswd",
+                                      access_log=bool(self.args.latency))
         self.registries = [self.source, self.plain, self.secure]
         for registry in self.registries:
             registry.start()
@@ -478,7 +594,8 @@ class Bench:
         return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
     def commands(self, shape, destination_registry, destination_repository):
-        source = f"{self.source.host}/{shape.repository}:v1"
+        source_host = self.proxy.host if self.proxy else self.source.host
+        source = f"{source_host}/{shape.repository}:v1"
         destination = f"{destination_registry.host}/{destination_repository}:v1"
         ours = [*self.args.wrap_ours, str(self.args.bin), "copy", "--source", source,
                 "--destination", destination]
@@ -497,7 +614,14 @@ class Bench:
         received_before = read_proc_io(destination_registry.process.pid)["rchar"]
         served_before = read_proc_io(self.source.process.pid)["wchar"]
         registries_before = [cpu_seconds(r.process.pid) for r in (self.source, destination_registry)]
+        if self.proxy:
+            events_offset = self.proxy.offset()
+            access_offset = (self.home / f"{destination_registry.name}.log").stat().st_size
         result = measure(command)
+        if self.proxy:
+            result.update(source_traffic(self.proxy.read_events(events_offset)))
+            result["destination_requests"] = access_log_requests(
+                self.home / f"{destination_registry.name}.log", access_offset)
         received = read_proc_io(destination_registry.process.pid)["rchar"] - received_before
         source_cpu, destination_cpu = [cpu_seconds(r.process.pid) - before for r, before in
                                        zip((self.source, destination_registry), registries_before)]
@@ -524,8 +648,8 @@ class Bench:
             raise RuntimeError(f"{tool}: the destination holds {copied}, the source {expected}")
         return result
 
-    def run_shape(self, shape):
-        log(f"shape {shape.key}: {shape.title}")
+    def run_shape(self, shape, network=None):
+        log(f"shape {shape.key}: {shape.title}" + (f" (source at {network.label})" if network else ""))
         expected = self.publish(shape)
         destination_registry = self.secure if shape.tls else self.plain
         samples = {"ours": [], "skopeo": []}
@@ -552,24 +676,37 @@ class Bench:
                 result = self.run_one(tool, command, registry, repository, expected)
                 samples[tool].append(result)
                 log(f"  run {run + 1} {tool:6}: {result['wall_s']:6.2f} s wall, {result['cpu_s']:5.2f} s CPU, "
-                    f"{result['rss_mib']:6.1f} MiB RSS, {result['uploaded_mib']:8.1f} MiB uploaded")
+                    f"{result['rss_mib']:6.1f} MiB RSS, {result['uploaded_mib']:8.1f} MiB uploaded"
+                    + (f", {result['source_requests']} source requests on {result['source_connections']} "
+                       f"connections, {result['source_round_trips']} round trips, "
+                       f"{result['destination_requests']} destination requests" if network else ""))
                 if tool == "ours" and self.args.verbose:
                     log("    " + result["stderr"].strip().splitlines()[-1])
         if shape.mode == "same-registry":
             shutil.rmtree(self.source.storage / "docker/registry/v2/repositories/bench/same-registry",
                           ignore_errors=True)
-        self.results[shape.key] = {"shape": shape, "samples": samples}
+        key = f"{shape.key}@{network.key}" if network else shape.key
+        self.results[key] = {"shape": shape, "network": network, "samples": samples}
 
     def run(self):
         self.setup()
         try:
-            for shape in self.shapes:
+            for network in self.args.latency or [None]:
+                if network:
+                    self.proxy = LatencyProxy(self.home, self.source, network)
+                    log(f"network: source behind {self.proxy.host}, {network.label}")
                 try:
-                    self.run_shape(shape)
-                except RuntimeError as e:
-                    if not self.args.keep_going:
-                        raise
-                    log(f"shape {shape.key} failed: {e}")
+                    for shape in self.shapes:
+                        try:
+                            self.run_shape(shape, network)
+                        except RuntimeError as e:
+                            if not self.args.keep_going:
+                                raise
+                            log(f"shape {shape.key} failed: {e}")
+                finally:
+                    if self.proxy:
+                        self.proxy.stop()
+                        self.proxy = None
         finally:
             self.teardown()
 
@@ -584,11 +721,23 @@ METRICS = [("wall_s", "wall time (s)", "{:.2f}"), ("cpu_s", "CPU user+sys (s)", 
            ("source_registry_cpu_s", "source registry CPU (s)", "{:.2f}")]
 
 
+LATENCY_METRICS = [("wall_s", "wall time (s)", "{:.2f}"),
+                   ("source_round_trips", "round trips to the source on the critical path", "{:.0f}"),
+                   ("source_requests", "requests to the source", "{:.0f}"),
+                   ("source_connections", "connections to the source", "{:.0f}"),
+                   ("source_tls_probes", "TLS probes of the plain-HTTP source", "{:.0f}"),
+                   ("destination_requests", "requests to the destination", "{:.0f}"),
+                   ("cpu_s", "CPU user+sys (s)", "{:.2f}"),
+                   ("rss_mib", "peak RSS (MiB)", "{:.1f}")]
+
+
 def summary(values):
     return statistics.median(values), min(values), max(values)
 
 
 def report(bench):
+    if bench.args.latency:
+        return report_latency(bench)
     lines = []
     lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
                  f"Machine: {machine()}. Runs per tool and shape: {bench.args.runs}"
@@ -608,6 +757,36 @@ def report(bench):
             lines.append(f"| {key}: {shape.title} | {label} | {cell(ours)} | {cell(theirs)} | {ratio} |")
     lines.append("")
     lines.extend(targets(bench))
+    return "\n".join(lines)
+
+
+def report_latency(bench):
+    lines = [f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+             f"Machine: {machine()}. Runs per tool, shape and network: {bench.args.runs}"
+             f"{' (quick shapes)' if bench.args.quick else ''}. Source behind bench/latency_proxy.py.",
+             "",
+             "| shape | network | metric | bundlecopy median (min–max) | skopeo median (min–max) | ratio |",
+             "|---|---|---|---|---|---|"]
+    for entry in bench.results.values():
+        shape, network, samples = entry["shape"], entry["network"], entry["samples"]
+        for metric, label, fmt in LATENCY_METRICS:
+            ours = summary([s[metric] for s in samples["ours"]])
+            theirs = summary([s[metric] for s in samples["skopeo"]])
+            ratio = f"{ours[0] / theirs[0]:.2f}" if theirs[0] > 0 and ours[0] > 0 else "–"
+            cell = lambda v: (f"{fmt.format(v[0])} ({fmt.format(v[1])}–{fmt.format(v[2])})"
+                              if v[1] != v[2] else fmt.format(v[0]))
+            lines.append(f"| {shape.key}: {shape.title} | {network.label} | {label} | {cell(ours)} | "
+                         f"{cell(theirs)} | {ratio} |")
+    lines.append("")
+    lines.append("Targets (issue 15; wall-time ratios of the medians):")
+    for key, network_key, limit in (("h", "50", 0.4), ("3", "50", 0.4), ("1", "50/200", 0.8)):
+        entry = bench.results.get(f"{key}@{network_key}")
+        if entry:
+            ours = statistics.median(s["wall_s"] for s in entry["samples"]["ours"])
+            theirs = statistics.median(s["wall_s"] for s in entry["samples"]["skopeo"])
+            ratio = ours / theirs
+            lines.append(f"- [{'x' if ratio <= limit else ' '}] shape {key} at {entry['network'].label}: "
+                         f"wall time ≤ {limit} × skopeo's: {ratio:.2f}")
     return "\n".join(lines)
 
 
@@ -668,13 +847,19 @@ def targets(bench):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, help="copies per tool and shape (default 5, --quick 3)")
-    parser.add_argument("--shapes", default="1,2,3,4a,4b,5,6",
-                        help="comma-separated shapes: 1 2 3 4a 4b 5 6 (see bench/README.md)")
+    parser.add_argument("--shapes",
+                        help="comma-separated shapes: 1 2 3 4a 4b 5 6 h (see bench/README.md); default "
+                             "1,2,3,4a,4b,5,6, with --latency h,3,1")
+    parser.add_argument("--latency", metavar="SETTINGS",
+                        help="put the source behind bench/latency_proxy.py, once per comma-separated "
+                             "setting RTT_MS or RTT_MS/MBIT, e.g. 50,100,50/200 (fresh-destination "
+                             "shapes only); counts requests and round trips")
     parser.add_argument("--quick", action="store_true",
                         help="smaller shapes (64 MiB layers, 256 MiB big layer, 20 components), 3 runs")
     parser.add_argument("--workdir", default=str(REPO_ROOT / ".work" / "bench"),
                         help="registries, logs and the test-data cache (default .work/bench)")
-    parser.add_argument("--bin", default=str(REPO_ROOT / "target" / "release" / "bundlecopy"))
+    parser.add_argument("--bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
+                                             / "release" / "bundlecopy"))
     parser.add_argument("--max-dirty-mib", type=int, default=32,
                         help="wait before each copy until Dirty+Writeback is below this")
     parser.add_argument("--settle-timeout", type=float, default=60)
@@ -685,7 +870,11 @@ def main():
     parser.add_argument("--keep-going", action="store_true", help="report the other shapes when one fails")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.latency = [Network(s.strip()) for s in (args.latency or "").split(",") if s.strip()]
+    args.shapes = [s.strip() for s in (args.shapes or ("h,3,1" if args.latency else "1,2,3,4a,4b,5,6")).split(",")
+                   if s.strip()]
+    if args.latency and any(s not in ("1", "2", "3", "4a", "4b", "h") for s in args.shapes):
+        sys.exit("--latency runs fresh-destination shapes only (1 2 3 4a 4b h)")
     args.wrap_ours = shlex.split(args.wrap_ours)
     args.runs = args.runs or (3 if args.quick else 5)
     for tool in ("docker-registry", "skopeo", "openssl"):
