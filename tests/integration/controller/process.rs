@@ -17,7 +17,9 @@ use bundlecopy::operator::args::ControllerArgs;
 use crate::support::fake_api::{ApiState, FakeApiServer, bundle_copy_object};
 use crate::support::process::{spawn_tied_to_test_process, terminate};
 use crate::support::registry::free_port;
-use crate::support::{BundleSpec, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle};
+use crate::support::{
+    BundleSpec, PushedBundle, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle,
+};
 
 const NAMESPACE: &str = "bc-run";
 const CHILD_ENV: &str = "BUNDLECOPY_TEST_CONTROLLER_ARGS";
@@ -54,6 +56,34 @@ async fn hello_api(uid_suffix: u32, spec: Value, lease: Option<Value>) -> FakeAp
         state.leases.insert("bundlecopy-operator".into(), lease);
     }
     FakeApiServer::start(NAMESPACE, state).await
+}
+
+/// Waits (60 s at most) for a status patch setting Ready True, then checks that the destination
+/// holds the bundle.
+async fn wait_until_copied(
+    api: &FakeApiServer,
+    (source, destination): (&TestRegistry, &TestRegistry),
+    pushed: &PushedBundle,
+    log_tail: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready_true_written(&api.state.lock().unwrap()) {
+        assert!(
+            Instant::now() < deadline,
+            "no Ready status within 60 s:\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_bundle_copied(
+        source,
+        "hello",
+        destination,
+        "mirror/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
 }
 
 /// Whether a status patch set Ready True.
@@ -147,25 +177,7 @@ async fn controller_run_copies_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let copied = || ready_true_written(&api.state.lock().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !copied() {
-        assert!(
-            Instant::now() < deadline,
-            "no Ready status within 60 s:\n{}",
-            log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_bundle_copied(
-        &source,
-        "hello",
-        &destination,
-        "mirror/hello",
-        "v1",
-        &pushed.index_digest,
-    )
-    .await;
+    wait_until_copied(&api, (&source, &destination), &pushed, &log_tail).await;
     let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
@@ -378,28 +390,7 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(probe(&readyz).await, (200, "leader\n".to_string()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let copied = ready_true_written(&api.state.lock().unwrap());
-        if copied {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no Ready status within 60 s of the take-over:\n{}",
-            log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_bundle_copied(
-        &source,
-        "hello",
-        &destination,
-        "mirror/hello",
-        "v1",
-        &pushed.index_digest,
-    )
-    .await;
+    wait_until_copied(&api, (&source, &destination), &pushed, &log_tail).await;
     let scraped = probe(&metrics_url).await.1;
     assert!(
         scraped.lines().any(|l| l == "bundlecopy_leader 1"),
