@@ -9,7 +9,8 @@
 # N BundleCopies at once that were never copied, all into one destination registry, and reports the
 # time until all are Ready, peak RSS (asserted <= 64 MiB), status patches (asserted <= 2 per
 # object) and the most copies in flight at the destination, counted from the requests it received
-# (asserted within the controller's cap); then it restarts the controller and runs the quiet pass.
+# (asserted within --max-copies-per-registry, 2); then it restarts the controller and runs the
+# quiet pass.
 #
 #   bench/controller-scale.sh            # 1000 resources, debug build
 #   bench/controller-scale.sh 5000       # another count

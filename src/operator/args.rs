@@ -27,6 +27,13 @@ pub struct ControllerArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_copies: u16,
 
+    /// Copies that may run at the same time against one registry host, as source or
+    /// destination, counted across all BundleCopies (within `--max-concurrent-copies`).
+    #[arg(long, value_name = "N",
+        env = "BUNDLECOPY_MAX_COPIES_PER_REGISTRY", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_copies_per_registry: u16,
+
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(
         long,
@@ -161,6 +168,7 @@ pub(crate) mod tests {
         let cli = Cli::try_parse_from(["x"]).unwrap();
         assert!(cli.args.namespaces.is_empty());
         assert_eq!(cli.args.max_concurrent_copies, 4);
+        assert_eq!(cli.args.max_copies_per_registry, 2);
         assert_eq!(cli.args.metrics_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(cli.args.log_format, LogFormat::Text);
         assert_eq!(cli.args.log_level, "info");
@@ -175,6 +183,8 @@ pub(crate) mod tests {
             "b",
             "--max-concurrent-copies",
             "2",
+            "--max-copies-per-registry",
+            "1",
             "--log-format",
             "json",
             "--leader-election",
@@ -184,6 +194,8 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(cli.args.namespaces, ["a", "b"]);
         assert_eq!(cli.args.max_concurrent_copies, 2);
+        assert_eq!(cli.args.max_copies_per_registry, 1);
+        assert!(Cli::try_parse_from(["x", "--max-copies-per-registry", "0"]).is_err());
         assert_eq!(cli.args.log_format, LogFormat::Json);
         assert!(cli.args.leader_election);
         assert!(Cli::try_parse_from(["x", "--max-concurrent-copies", "0"]).is_err());

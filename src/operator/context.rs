@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use super::crd::{BundleCopyStatus, FIELD_MANAGER};
 use super::metrics::Metrics;
@@ -55,6 +55,8 @@ pub struct Context {
     pub engine: EngineSettings,
     /// Bounds the copies that run at once (`--max-concurrent-copies`).
     pub copy_slots: Arc<Semaphore>,
+    /// Bounds the copies that run at once against one registry (`--max-copies-per-registry`).
+    pub registry_slots: RegistrySlots,
     /// How often a running copy reports progress in the status.
     pub progress_every: Duration,
     memory: Mutex<HashMap<String, ObjectMemory>>,
@@ -77,9 +79,16 @@ impl Context {
             metrics,
             engine,
             copy_slots: Arc::new(Semaphore::new(max_concurrent_copies.max(1))),
+            registry_slots: RegistrySlots::new(max_concurrent_copies),
             progress_every: Duration::from_secs(5),
             memory: Mutex::default(),
         }
+    }
+
+    /// At most `per_registry` copies at once against any one registry host.
+    pub fn with_copies_per_registry(mut self, per_registry: usize) -> Self {
+        self.registry_slots = RegistrySlots::new(per_registry);
+        self
     }
 
     fn with_memory<T>(&self, key: &str, f: impl FnOnce(&mut ObjectMemory) -> T) -> T {
@@ -139,5 +148,65 @@ pub fn memory_key(object: &impl Resource) -> String {
             object.namespace().unwrap_or_default(),
             object.name_any()
         ),
+    }
+}
+
+/// One semaphore per registry host, made on first use: a copy holds a permit of its source's
+/// and of its destination's registry while it runs.
+pub struct RegistrySlots {
+    per_registry: usize,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl RegistrySlots {
+    pub fn new(per_registry: usize) -> Self {
+        RegistrySlots {
+            per_registry: per_registry.max(1),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Waits for a permit of each distinct host, always in the same (sorted) order, so two
+    /// copies never each hold what the other waits for.
+    pub async fn acquire(&self, hosts: &[&str]) -> Result<Vec<OwnedSemaphorePermit>, AcquireError> {
+        let mut hosts = hosts.to_vec();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut permits = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let semaphore = self
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(host.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_registry)))
+                .clone();
+            permits.push(semaphore.acquire_owned().await?);
+        }
+        Ok(permits)
+    }
+}
+
+#[cfg(test)]
+mod registry_slots_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_registry_holds_back_its_copies_and_no_other() {
+        let slots = RegistrySlots::new(1);
+        let held = slots.acquire(&["b.example", "a.example"]).await.unwrap();
+        assert_eq!(held.len(), 2);
+        let same_host_twice = slots.acquire(&["c.example", "c.example"]).await.unwrap();
+        assert_eq!(same_host_twice.len(), 1, "one host counts once");
+        let waiting = slots.acquire(&["d.example", "b.example"]);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "b.example is busy"
+        );
+        drop(held);
+        assert_eq!(waiting.await.unwrap().len(), 2);
     }
 }

@@ -77,12 +77,15 @@ impl Reconciling<'_> {
     }
 
     async fn run(&self) {
-        let ctx = Arc::new(Context::new(
-            self.client.clone(),
-            self.metrics.clone(),
-            self.engine.clone(),
-            usize::from(self.args.max_concurrent_copies),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                self.client.clone(),
+                self.metrics.clone(),
+                self.engine.clone(),
+                usize::from(self.args.max_concurrent_copies),
+            )
+            .with_copies_per_registry(usize::from(self.args.max_copies_per_registry)),
+        );
         let controllers = self.scopes().into_iter().map(|namespace| {
             watch::controller_stream(
                 self.client.clone(),

@@ -23,6 +23,7 @@ use super::reason::Reason;
 use super::secrets::{self, ReadError};
 use super::status::{self, Phase};
 use super::validate::{ValidSpec, validate};
+use bundlecopy_engine::reference::Reference;
 use bundlecopy_engine::{
     CopyError, CopyOutcome, CopyRequest, EndpointOptions, Progress, Side, copy_bundle,
     resolve_digest,
@@ -319,8 +320,22 @@ impl Run {
         Ok(verdict)
     }
 
-    /// Step 4: the copy, in a copy slot, its progress written every few seconds.
+    /// Step 4: the copy, in a slot of its source's and its destination's registry and a copy
+    /// slot, its progress written every few seconds.
     async fn copy(mut self, job: CopyJob) -> Result<Action, Error> {
+        let hosts = [&job.spec.source.reference, &job.valid.destination].map(|reference| {
+            Reference::parse(reference.trim())
+                .map(|r| r.api_host().to_string())
+                .unwrap_or_else(|_| reference.clone())
+        });
+        // Registry slots first: a copy waiting for a busy registry holds no copy slot that a copy
+        // to another registry could use.
+        let _registry_slots = self
+            .ctx
+            .registry_slots
+            .acquire(&[&hosts[0], &hosts[1]])
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let _slot = self
             .ctx
             .copy_slots

@@ -808,6 +808,7 @@ fn default_arguments_run_the_controller_for_all_namespaces_without_leader_electi
             "controller",
             "--metrics-addr=0.0.0.0:8080",
             "--max-concurrent-copies=4",
+            "--max-copies-per-registry=2",
             "--log-level=info",
             "--log-format=json",
             "--mirrors=true",
@@ -1203,6 +1204,7 @@ fn pod_scheduling_and_metadata_values_reach_the_pod() {
         "image.tag=v9.9.9",
         "image.pullPolicy=Always",
         "maxConcurrentCopies=7",
+        "maxCopiesPerRegistry=3",
         "log.level=debug",
         "log.format=text",
         "serviceAccount.name=copier",
@@ -1245,6 +1247,7 @@ fn pod_scheduling_and_metadata_values_reach_the_pod() {
     let args = container_args(&objects);
     for expected in [
         "--max-concurrent-copies=7",
+        "--max-copies-per-registry=3",
         "--log-level=debug",
         "--log-format=text",
     ] {

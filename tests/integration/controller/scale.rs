@@ -8,7 +8,7 @@
 //! A third scenario creates BundleCopies at once that were never copied (100 in the suite, 1,000
 //! from `bench/controller-scale.sh`), all into one destination registry, and follows them until
 //! all are Ready (at most 2 status patches each, copies in flight at the destination within the
-//! controller's cap, peak RSS within 64 MiB), then restarts the controller: the new process
+//! per-registry cap, peak RSS within 64 MiB), then restarts the controller: the new process
 //! writes nothing and sends one HEAD per resource.
 //! The figures are printed (`--nocapture`); `bench/controller-scale.sh` runs these tests and
 //! reports them. `BUNDLECOPY_SCALE_RESOURCES` changes the number of resources.
@@ -44,6 +44,8 @@ const PEAK_RSS_LIMIT_KIB: u64 = 100 * 1024;
 const FRESH_PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// The controller's `--max-concurrent-copies` in the fresh-copies scenario (its default).
 const MAX_CONCURRENT_COPIES: usize = 4;
+/// Its `--max-copies-per-registry` (the default): the cap the destination must see.
+const MAX_COPIES_PER_REGISTRY: usize = 2;
 
 fn resources() -> usize {
     scale_resources().unwrap_or(DEFAULT_RESOURCES)
@@ -74,13 +76,13 @@ async fn controller_scale_one_resync_with_credentials_and_tokens() {
     resync_pass(RegistryKind::Token, 1).await;
 }
 
-/// `resources()` BundleCopies created at once, none copied yet, all into one destination
+/// `fresh_resources()` BundleCopies created at once, none copied yet, all into one destination
 /// registry that already holds the bundle under another tag: the controller copies every one
-/// (each finds the blobs and manifests and pushes its tag), each gets at most 2 status patches (Copying, then Ready), the copies in
-/// flight at the destination — counted there, from a copy's first request naming its tag to the
-/// PUT of that tag — never exceed the controller's cap, and peak RSS stays within 64 MiB. Then
-/// the controller is restarted: the new process finds all of them up to date, writes nothing and
-/// sends one manifest HEAD each.
+/// (each finds the blobs and manifests and pushes its tag), each gets at most 2 status patches
+/// (Copying, then Ready), the copies in flight at the destination — counted there, from a copy's
+/// first request naming its tag to the PUT of that tag — never exceed the per-registry cap, and
+/// peak RSS stays within 64 MiB. Then the controller is restarted: the new process finds all of
+/// them up to date, writes nothing and sends one manifest HEAD each.
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
     let count = fresh_resources();
@@ -125,12 +127,18 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
 
     let started = Instant::now();
     let cap = MAX_CONCURRENT_COPIES.to_string();
+    let per_registry = MAX_COPIES_PER_REGISTRY.to_string();
     let mut controller = ControllerProcess::start(
         &kubeconfig,
         NAMESPACE,
         dir.path(),
         "controller-copies.log",
-        &["--max-concurrent-copies", &cap],
+        &[
+            "--max-concurrent-copies",
+            &cap,
+            "--max-copies-per-registry",
+            &per_registry,
+        ],
     );
     controller.wait_ready(Duration::from_secs(60)).await;
     // A guard against a hang, not a timing target: a debug build on a loaded 2-core machine took
@@ -186,7 +194,7 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
         "scale: {count} new BundleCopies into one registry: all Ready {:.1} s from process start, \
          {:.1} s of CPU, peak RSS {:.1} MiB (VmHWM); {patches} status patches (at most \
          {most_patches} per object); at most {in_flight} copies in flight at the destination \
-         (cap {MAX_CONCURRENT_COPIES}); {} destination and {} source requests",
+         (cap {MAX_COPIES_PER_REGISTRY} per registry); {} destination and {} source requests",
         all_ready.as_secs_f64(),
         cpu.as_secs_f64(),
         peak_rss_kib as f64 / 1024.0,
@@ -199,8 +207,8 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
         "at most 2 status patches per copy (Copying, Ready); one object had {most_patches}"
     );
     assert!(
-        in_flight <= MAX_CONCURRENT_COPIES,
-        "{in_flight} copies in flight at the destination, over the cap of {MAX_CONCURRENT_COPIES}"
+        in_flight <= MAX_COPIES_PER_REGISTRY,
+        "{in_flight} copies in flight at the destination, over the cap of {MAX_COPIES_PER_REGISTRY}"
     );
     assert!(
         peak_rss_kib <= FRESH_PEAK_RSS_LIMIT_KIB,
