@@ -189,7 +189,9 @@ impl RegistrySlots {
 
 #[cfg(test)]
 mod registry_slots_tests {
-    use super::*;
+    use std::time::Duration;
+
+    use crate::operator::context::RegistrySlots;
 
     #[tokio::test]
     async fn a_busy_registry_holds_back_its_copies_and_no_other() {
