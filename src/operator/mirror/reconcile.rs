@@ -141,9 +141,11 @@ pub async fn reconcile(
 
     // Children: all of them after a listing (a spec change reaches them), else only missing ones.
     let existing: Vec<&str> = children.iter().filter_map(plan::child_tag).collect();
+    let mut children_changed = false;
     for tag in &selected {
         if listing_due || !existing.contains(&tag.as_str()) {
             apply_child(&copies, &mirror, tag).await?;
+            children_changed = true;
         }
     }
     if matches!(state, MirrorState::Mirroring) {
@@ -156,6 +158,7 @@ pub async fn reconcile(
             .collect();
         for stale in plan::stale_children(&children, &selected_tags) {
             tracing::info!(bundlemirror = %name, bundlecopy = %stale, "tag left the selection; deleting its BundleCopy (the destination is left as it is)");
+            children_changed = true;
             match copies.delete(stale, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -164,7 +167,12 @@ pub async fn reconcile(
         }
     }
 
-    let children = owned_children(&copies, &mirror).await?;
+    // Read the children again only when this reconcile changed them.
+    let children = if children_changed {
+        owned_children(&copies, &mirror).await?
+    } else {
+        children
+    };
     let tags = plan::mirrored_tags(&name, &selected, &children);
     let status = plan::next_status(previous, generation, &state, tags, sync_time, now);
     let next_listing = next_listing_in(&status, checked.interval, now);

@@ -86,6 +86,24 @@ async fn wait_until_copied(
     .await;
 }
 
+/// SIGTERM: the controller exits cleanly within 20 s, having sent nothing the fake did not expect.
+async fn stop_cleanly(
+    child: &mut std::process::Child,
+    api: &FakeApiServer,
+    log_tail: &dyn Fn() -> String,
+) {
+    let status = terminate(child, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
+    assert!(status.success(), "exit {status}:\n{}", log_tail());
+    let state = api.state.lock().unwrap();
+    assert!(
+        state.unexpected.is_empty(),
+        "unexpected requests: {:?}",
+        state.unexpected
+    );
+}
+
 /// Whether a status patch set Ready True.
 fn ready_true_written(state: &ApiState) -> bool {
     state.status_patches.iter().any(|(_, status)| {
@@ -190,17 +208,8 @@ async fn controller_run_copies_and_stops_on_sigterm() {
     );
 
     // SIGTERM: a clean exit, and the lease is handed back.
-    let status = terminate(&mut child, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
-    assert!(status.success(), "exit {status}:\n{}", log_tail());
-
+    stop_cleanly(&mut child, &api, &log_tail).await;
     let state = api.state.lock().unwrap();
-    assert!(
-        state.unexpected.is_empty(),
-        "unexpected requests: {:?}",
-        state.unexpected
-    );
     let reasons: Vec<&str> = state
         .events
         .iter()
@@ -397,16 +406,8 @@ async fn controller_run_standby_does_not_reconcile_until_it_takes_over() {
         "{scraped}"
     );
 
-    let status = terminate(&mut child, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", log_tail()));
-    assert!(status.success(), "exit {status}:\n{}", log_tail());
+    stop_cleanly(&mut child, &api, &log_tail).await;
     let state = api.state.lock().unwrap();
-    assert!(
-        state.unexpected.is_empty(),
-        "unexpected requests: {:?}",
-        state.unexpected
-    );
     assert_eq!(state.lease_writes[0]["spec"]["holderIdentity"], "child-2");
     assert_eq!(state.lease_writes[0]["spec"]["leaseTransitions"], 1);
 }
