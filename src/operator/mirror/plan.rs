@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::operator::crd::{BundleCopy, BundleCopySpec, Endpoint, condition_types};
 use crate::operator::duration::parse_duration;
 use bundlecopy_engine::reference::Reference;
-use bundlecopy_engine::tags::{SelectedTag, TagSelection};
+use bundlecopy_engine::tags::TagSelection;
 
 use super::api::{BundleMirrorSpec, BundleMirrorStatus, MirroredTag, TAG_ANNOTATION};
 
@@ -162,8 +162,8 @@ pub fn child_tag(child: &BundleCopy) -> Option<&str> {
 
 /// Children whose tag is no longer selected (or that carry no tag): to delete. Deleting a
 /// BundleCopy never touches the destination registry.
-pub fn stale_children<'a>(children: &'a [BundleCopy], selected: &[SelectedTag]) -> Vec<&'a str> {
-    let wanted: BTreeSet<String> = selected.iter().map(|s| s.tag.clone()).collect();
+pub fn stale_children<'a>(children: &'a [BundleCopy], selected: &[String]) -> Vec<&'a str> {
+    let wanted: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
     children
         .iter()
         .filter(|child| child_tag(child).is_none_or(|tag| !wanted.contains(tag)))
@@ -220,29 +220,52 @@ pub enum MirrorState {
     Mirroring,
 }
 
-/// The status for `state`: counts from `tags`, and the three conditions. Conditions keep their
-/// `lastTransitionTime` when their status does not change.
-pub fn next_status(
-    previous: Option<&BundleMirrorStatus>,
-    generation: Option<i64>,
-    state: &MirrorState,
-    tags: Vec<MirroredTag>,
-    last_sync_time: Option<Time>,
-    now: Timestamp,
-) -> BundleMirrorStatus {
-    let ready = tags.iter().filter(|t| t.ready == "True").count();
-    let failed = tags
-        .iter()
-        .filter(|t| {
-            t.ready == "False"
-                && t.reason
-                    .as_deref()
-                    .is_some_and(|r| !IN_PROGRESS_REASONS.contains(&r))
-        })
-        .count();
-    let selected = tags.len();
-    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let (ready_condition, reconciling, stalled) = match state {
+/// How many selected tags stand where.
+#[derive(Clone, Copy)]
+struct Counts {
+    selected: usize,
+    ready: usize,
+    failed: usize,
+}
+
+impl Counts {
+    fn of(tags: &[MirroredTag]) -> Counts {
+        Counts {
+            selected: tags.len(),
+            ready: tags.iter().filter(|t| t.ready == "True").count(),
+            failed: tags
+                .iter()
+                .filter(|t| {
+                    t.ready == "False"
+                        && t.reason
+                            .as_deref()
+                            .is_some_and(|r| !IN_PROGRESS_REASONS.contains(&r))
+                })
+                .count(),
+        }
+    }
+}
+
+/// The three conditions a state gives: Ready (status, reason, message), Reconciling (status,
+/// reason) and Stalled (status, reason; its message is Ready's when True).
+type ConditionRow<'a> = (
+    (&'a str, &'a str, String),
+    (&'a str, &'a str),
+    (&'a str, &'a str),
+);
+
+/// The table of states → conditions.
+fn condition_row<'a>(
+    state: &'a MirrorState,
+    counts: &Counts,
+    tags: &[MirroredTag],
+) -> ConditionRow<'a> {
+    let Counts {
+        selected,
+        ready,
+        failed,
+    } = *counts;
+    match state {
         MirrorState::InvalidSpec(message) => (
             ("False", "InvalidSpec", message.clone()),
             ("False", "InvalidSpec"),
@@ -275,7 +298,7 @@ pub fn next_status(
         MirrorState::Mirroring if failed > 0 => (
             ("False", "CopyFailed", format!(
                 "{ready} of {selected} selected tags are copied; {failed} failed: {}",
-                failed_list(&tags)
+                failed_list(tags)
             )),
             ("True", "Copying"),
             ("False", "CopyFailed"),
@@ -285,50 +308,53 @@ pub fn next_status(
             ("True", "Copying"),
             ("False", "Copying"),
         ),
-    };
+    }
+}
+
+/// The status for `state`: counts from `tags`, and the three conditions. Conditions keep their
+/// `lastTransitionTime` when their status does not change.
+pub fn next_status(
+    previous: Option<&BundleMirrorStatus>,
+    generation: Option<i64>,
+    state: &MirrorState,
+    tags: Vec<MirroredTag>,
+    last_sync_time: Option<Time>,
+    now: Timestamp,
+) -> BundleMirrorStatus {
+    let counts = Counts::of(&tags);
+    let (ready, reconciling, stalled) = condition_row(state, &counts, &tags);
     let reconciling_message = match reconciling.0 {
-        "True" => format!("{} of {selected} copies still to finish", selected - ready),
+        "True" => format!(
+            "{} of {} copies still to finish",
+            counts.selected - counts.ready,
+            counts.selected
+        ),
         _ => String::new(),
     };
+    let stalled_message = if stalled.0 == "True" {
+        ready.2.as_str()
+    } else {
+        ""
+    };
+    let make = |kind, (status, reason): (&str, &str), message: &str| {
+        condition(previous, kind, status, reason, message, generation, now)
+    };
     let conditions = vec![
-        condition(
-            previous,
-            condition_types::READY,
-            ready_condition.0,
-            ready_condition.1,
-            &ready_condition.2,
-            generation,
-            now,
-        ),
-        condition(
-            previous,
+        make(condition_types::READY, (ready.0, ready.1), &ready.2),
+        make(
             condition_types::RECONCILING,
-            reconciling.0,
-            reconciling.1,
+            reconciling,
             &reconciling_message,
-            generation,
-            now,
         ),
-        condition(
-            previous,
-            condition_types::STALLED,
-            stalled.0,
-            stalled.1,
-            if stalled.0 == "True" {
-                &ready_condition.2
-            } else {
-                ""
-            },
-            generation,
-            now,
-        ),
+        make(condition_types::STALLED, stalled, stalled_message),
     ];
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     BundleMirrorStatus {
         observed_generation: generation,
         conditions,
-        selected: count(selected),
-        ready: count(ready),
-        failed: count(failed),
+        selected: count(counts.selected),
+        ready: count(counts.ready),
+        failed: count(counts.failed),
         tags,
         last_sync_time: last_sync_time.or_else(|| previous.and_then(|p| p.last_sync_time.clone())),
     }
@@ -513,10 +539,7 @@ mod tests {
             child("1.1.0", None),
             child("0.9.0", None),
         ];
-        let selected = [SelectedTag {
-            tag: "1.1.0".into(),
-            version: None,
-        }];
+        let selected = ["1.1.0".to_string()];
         let mut untagged = child("x", None);
         untagged.metadata.annotations = None;
         let mut all = children.to_vec();

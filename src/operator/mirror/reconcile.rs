@@ -13,7 +13,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::api::{
-    BundleMirror, BundleMirrorStatus, MIRROR_FIELD_MANAGER, MIRROR_LABEL, TAG_ANNOTATION,
+    BundleMirror, BundleMirrorStatus, MIRROR_FIELD_MANAGER, MIRROR_LABEL, MirroredTag,
+    TAG_ANNOTATION,
 };
 use super::plan::{self, MirrorState};
 use crate::operator::crd::{BundleCopy, Endpoint};
@@ -21,6 +22,7 @@ use crate::operator::decide;
 use crate::operator::failure::Failure;
 use crate::operator::secrets;
 use bundlecopy_engine::EngineSettings;
+use bundlecopy_engine::tags::TagSelection;
 
 /// What every mirror reconcile shares.
 pub struct MirrorContext {
@@ -59,130 +61,203 @@ pub fn error_policy(
     Action::requeue(decide::TRANSIENT_BACKOFF_BASE)
 }
 
+/// One mirror reconcile, as steps: check the spec, then suspend, or select the tags (listing
+/// them when due), bring the children in line, and report.
 pub async fn reconcile(
     mirror: Arc<BundleMirror>,
     ctx: Arc<MirrorContext>,
 ) -> Result<Action, MirrorError> {
-    let name = mirror.name_any();
-    let namespace = mirror
-        .namespace()
-        .ok_or_else(|| MirrorError::NoNamespace(name.clone()))?;
-    let mirrors: Api<BundleMirror> = Api::namespaced(ctx.client.clone(), &namespace);
-    let copies: Api<BundleCopy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let generation = mirror.metadata.generation;
-    let previous = mirror.status.as_ref();
-    let now = Timestamp::now();
-
+    let run = MirrorRun::new(&mirror, &ctx)?;
     let checked = match plan::check(&mirror.spec, ctx.min_interval) {
         Ok(checked) => checked,
         Err(message) => {
-            let state = MirrorState::InvalidSpec(message);
-            let status = plan::next_status(previous, generation, &state, vec![], None, now);
-            write_status(&mirrors, &name, previous, status).await?;
+            run.report(&MirrorState::InvalidSpec(message), vec![], None)
+                .await?;
             return Ok(Action::await_change());
         }
     };
-    let children = owned_children(&copies, &mirror).await?;
-
+    let children = run.owned_children().await?;
     if mirror.spec.suspend {
-        // Existing children are suspended too; nothing is listed.
-        for child in &children {
-            if let Some(tag) = plan::child_tag(child) {
-                apply_child(&copies, &mirror, tag).await?;
-            }
+        run.suspend(&children).await?;
+        return Ok(Action::await_change());
+    }
+    let listing_due = plan::listing_due(run.previous, run.generation, checked.interval, run.now);
+    let selection = if listing_due {
+        run.select(&checked.selection).await?
+    } else {
+        Selection::unchanged(run.previous)
+    };
+    let changed = run
+        .sync_children(&children, &selection, listing_due)
+        .await?;
+    // Read the children again only when this reconcile changed them.
+    let children = if changed {
+        run.owned_children().await?
+    } else {
+        children
+    };
+    let tags = plan::mirrored_tags(&run.name, &selection.tags, &children);
+    let status = run
+        .report(&selection.state, tags, selection.sync_time)
+        .await?;
+    Ok(match selection.state {
+        MirrorState::ListingFailed {
+            permanent: false, ..
+        } => Action::requeue(decide::TRANSIENT_BACKOFF_BASE.max(Duration::from_secs(30))),
+        _ => Action::requeue(next_listing_in(&status, checked.interval, run.now)),
+    })
+}
+
+/// The tags a reconcile works with, and how it came by them.
+struct Selection {
+    tags: Vec<String>,
+    state: MirrorState,
+    /// Set when the tags were listed in this reconcile.
+    sync_time: Option<Time>,
+}
+
+impl Selection {
+    /// No listing due: the tags the status chose last time.
+    fn unchanged(previous: Option<&BundleMirrorStatus>) -> Selection {
+        Selection {
+            tags: previous_tags(previous),
+            state: MirrorState::Mirroring,
+            sync_time: None,
         }
+    }
+}
+
+/// One reconcile of one mirror: what its steps share.
+struct MirrorRun<'a> {
+    mirror: &'a BundleMirror,
+    ctx: &'a MirrorContext,
+    name: String,
+    namespace: String,
+    mirrors: Api<BundleMirror>,
+    copies: Api<BundleCopy>,
+    previous: Option<&'a BundleMirrorStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+}
+
+impl<'a> MirrorRun<'a> {
+    fn new(mirror: &'a BundleMirror, ctx: &'a MirrorContext) -> Result<Self, MirrorError> {
+        let name = mirror.name_any();
+        let namespace = mirror
+            .namespace()
+            .ok_or_else(|| MirrorError::NoNamespace(name.clone()))?;
+        Ok(MirrorRun {
+            mirror,
+            ctx,
+            mirrors: Api::namespaced(ctx.client.clone(), &namespace),
+            copies: Api::namespaced(ctx.client.clone(), &namespace),
+            name,
+            namespace,
+            previous: mirror.status.as_ref(),
+            generation: mirror.metadata.generation,
+            now: Timestamp::now(),
+        })
+    }
+
+    /// `spec.suspend`: existing children are suspended too; nothing is listed.
+    async fn suspend(&self, children: &[BundleCopy]) -> Result<(), MirrorError> {
         let kept: Vec<String> = children
             .iter()
             .filter_map(|c| plan::child_tag(c).map(str::to_string))
             .collect();
-        let tags = plan::mirrored_tags(&name, &kept, &children);
-        let status = plan::next_status(
-            previous,
-            generation,
-            &MirrorState::Suspended,
-            tags,
-            None,
-            now,
-        );
-        write_status(&mirrors, &name, previous, status).await?;
-        return Ok(Action::await_change());
+        for tag in &kept {
+            apply_child(&self.copies, self.mirror, tag).await?;
+        }
+        let tags = plan::mirrored_tags(&self.name, &kept, children);
+        self.report(&MirrorState::Suspended, tags, None).await?;
+        Ok(())
     }
 
-    let listing_due = plan::listing_due(previous, generation, checked.interval, now);
-    let mut sync_time = None;
-    let mut state = MirrorState::Mirroring;
-    let selected: Vec<String> = if listing_due {
-        match list_source_tags(&ctx, &namespace, &mirror).await? {
-            Ok(tags) => {
-                sync_time = Some(Time(now));
-                checked
-                    .selection
-                    .select(tags.iter().map(String::as_str))
-                    .into_iter()
-                    .map(|s| s.tag)
-                    .collect()
-            }
-            Err(failure) => {
-                state = MirrorState::ListingFailed {
-                    reason: failure.reason.as_str().to_string(),
-                    message: format!(
-                        "listing the tags of {}: {}",
-                        mirror.spec.source.repository, failure.message
-                    ),
-                    permanent: !failure.transient,
-                };
-                // Keep what was chosen before: a registry outage must not delete children.
-                previous_tags(previous)
-            }
-        }
-    } else {
-        previous_tags(previous)
-    };
-
-    // Children: all of them after a listing (a spec change reaches them), else only missing ones.
-    let existing: Vec<&str> = children.iter().filter_map(plan::child_tag).collect();
-    let mut children_changed = false;
-    for tag in &selected {
-        if listing_due || !existing.contains(&tag.as_str()) {
-            apply_child(&copies, &mirror, tag).await?;
-            children_changed = true;
-        }
+    /// Lists the source's tags and selects; when listing fails, keeps what was chosen before (a
+    /// registry outage must not delete children).
+    async fn select(&self, selection: &TagSelection) -> Result<Selection, MirrorError> {
+        Ok(
+            match list_source_tags(self.ctx, &self.namespace, self.mirror).await? {
+                Ok(tags) => Selection {
+                    tags: selection
+                        .select(tags.iter().map(String::as_str))
+                        .into_iter()
+                        .map(|s| s.tag)
+                        .collect(),
+                    state: MirrorState::Mirroring,
+                    sync_time: Some(Time(self.now)),
+                },
+                Err(failure) => Selection {
+                    tags: previous_tags(self.previous),
+                    state: MirrorState::ListingFailed {
+                        reason: failure.reason.as_str().to_string(),
+                        message: format!(
+                            "listing the tags of {}: {}",
+                            self.mirror.spec.source.repository, failure.message
+                        ),
+                        permanent: !failure.transient,
+                    },
+                    sync_time: None,
+                },
+            },
+        )
     }
-    if matches!(state, MirrorState::Mirroring) {
-        let selected_tags: Vec<bundlecopy_engine::tags::SelectedTag> = selected
-            .iter()
-            .map(|tag| bundlecopy_engine::tags::SelectedTag {
-                tag: tag.clone(),
-                version: None,
-            })
-            .collect();
-        for stale in plan::stale_children(&children, &selected_tags) {
-            tracing::info!(bundlemirror = %name, bundlecopy = %stale, "tag left the selection; deleting its BundleCopy (the destination is left as it is)");
-            children_changed = true;
-            match copies.delete(stale, &DeleteParams::background()).await {
+
+    /// Applies the children of the selected tags (all of them after a listing, so that a spec
+    /// change reaches them; else only missing ones) and deletes those whose tag left the
+    /// selection. Whether anything changed.
+    async fn sync_children(
+        &self,
+        children: &[BundleCopy],
+        selection: &Selection,
+        listing_due: bool,
+    ) -> Result<bool, MirrorError> {
+        let existing: Vec<&str> = children.iter().filter_map(plan::child_tag).collect();
+        let mut changed = false;
+        for tag in &selection.tags {
+            if listing_due || !existing.contains(&tag.as_str()) {
+                apply_child(&self.copies, self.mirror, tag).await?;
+                changed = true;
+            }
+        }
+        if !matches!(selection.state, MirrorState::Mirroring) {
+            return Ok(changed);
+        }
+        for stale in plan::stale_children(children, &selection.tags) {
+            tracing::info!(bundlemirror = %self.name, bundlecopy = %stale, "tag left the selection; deleting its BundleCopy (the destination is left as it is)");
+            changed = true;
+            match self.copies.delete(stale, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(error) => return Err(api_error(format!("deleting BundleCopy {stale}"))(error)),
             }
         }
+        Ok(changed)
     }
 
-    // Read the children again only when this reconcile changed them.
-    let children = if children_changed {
-        owned_children(&copies, &mirror).await?
-    } else {
-        children
-    };
-    let tags = plan::mirrored_tags(&name, &selected, &children);
-    let status = plan::next_status(previous, generation, &state, tags, sync_time, now);
-    let next_listing = next_listing_in(&status, checked.interval, now);
-    write_status(&mirrors, &name, previous, status).await?;
-    Ok(match state {
-        MirrorState::ListingFailed {
-            permanent: false, ..
-        } => Action::requeue(decide::TRANSIENT_BACKOFF_BASE.max(Duration::from_secs(30))),
-        _ => Action::requeue(next_listing),
-    })
+    /// The BundleCopies this mirror owns.
+    async fn owned_children(&self) -> Result<Vec<BundleCopy>, MirrorError> {
+        owned_children(&self.copies, self.mirror).await
+    }
+
+    /// Computes the status for `state` and writes it (unless unchanged).
+    async fn report(
+        &self,
+        state: &MirrorState,
+        tags: Vec<MirroredTag>,
+        sync_time: Option<Time>,
+    ) -> Result<BundleMirrorStatus, MirrorError> {
+        let status = plan::next_status(
+            self.previous,
+            self.generation,
+            state,
+            tags,
+            sync_time,
+            self.now,
+        );
+        write_status(&self.mirrors, &self.name, self.previous, status.clone()).await?;
+        Ok(status)
+    }
 }
 
 /// The tags the status says were chosen last time.

@@ -10,9 +10,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use bundlecopy_engine::{EndpointOptions, Progress, copy_bundle};
+use http::Method;
+
+use crate::faults::{copy_request, fast_settings};
 use crate::support::fake_api::{ApiState, ControllerProcess, FakeApiServer};
 use crate::support::{
-    BundleSpec, Fault, FaultProxy, PathKind, RegistryKind, Rule, TestRegistry, push_bundle,
+    BundleSpec, Fault, FaultProxy, PathKind, PushedBundle, RegistryKind, Rule, TestRegistry,
+    copies_in_flight, push_bundle,
 };
 
 const NAMESPACE: &str = "bc-mirror";
@@ -59,8 +64,8 @@ fn mirror_ready(api: &FakeApiServer) -> (String, String) {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn controller_mirror_owns_one_copy_per_selected_tag_and_follows_the_repository() {
+/// Two registries; the source's `vendor/app` holds one bundle as `1.0.0` and under `more_tags`.
+async fn releases(more_tags: &[String]) -> (TestRegistry, TestRegistry, PushedBundle) {
     let (source, destination) = tokio::join!(
         TestRegistry::start(RegistryKind::Plain),
         TestRegistry::start(RegistryKind::Plain)
@@ -73,7 +78,7 @@ async fn controller_mirror_owns_one_copy_per_selected_tag_and_follows_the_reposi
     )
     .await;
     let client = source.client();
-    for tag in ["v1.1.0", "1.2.0-rc.1", "2.0.0", "latest"] {
+    for tag in more_tags {
         client
             .put_manifest(
                 "vendor/app",
@@ -83,6 +88,14 @@ async fn controller_mirror_owns_one_copy_per_selected_tag_and_follows_the_reposi
             )
             .await;
     }
+    (source, destination, pushed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_mirror_owns_one_copy_per_selected_tag_and_follows_the_repository() {
+    let tags = ["v1.1.0", "1.2.0-rc.1", "2.0.0", "latest"].map(String::from);
+    let (source, destination, pushed) = releases(&tags).await;
+    let client = source.client();
     let proxy = FaultProxy::start(&source);
     proxy.add_rule(Rule::new(Fault::PaginateTags { page: 2 }).kind(PathKind::Tags));
     let spec = |semver: &str, force: bool| {
@@ -217,4 +230,84 @@ async fn controller_mirror_owns_one_copy_per_selected_tag_and_follows_the_reposi
     let state = api.state.lock().unwrap();
     assert_eq!(state.deleted.len(), 1, "{:?}", state.deleted);
     assert!(state.unexpected.is_empty(), "{:?}", state.unexpected);
+}
+
+/// Twenty selected versions, one destination registry: the children share
+/// `--max-concurrent-copies 8`, but `--max-copies-per-registry 2` lets at most two of them copy
+/// into that registry at once — counted at the registry, from the first request naming a tag to
+/// the PUT of that tag. Manifest PUTs are held 200 ms there, so that without the cap the copies
+/// would overlap eight deep; the test also asserts that two did overlap, so a cap of one (or no
+/// concurrency at all) fails it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_mirror_children_never_exceed_the_per_registry_cap() {
+    const VERSIONS: usize = 20;
+    const PER_REGISTRY: usize = 2;
+    let tags: Vec<String> = (1..VERSIONS).map(|minor| format!("1.{minor}.0")).collect();
+    let (source, destination, _) = releases(&tags).await;
+    // The destination holds the bundle under another tag already: the children push tags, and
+    // the test counts copies, not first uploads of shared blobs.
+    let seed = copy_request(
+        format!("{}/vendor/app:1.0.0", source.host()),
+        format!("{}/mirror/app:seed", destination.host()),
+        EndpointOptions::default(),
+        EndpointOptions::default(),
+        fast_settings(),
+    );
+    copy_bundle(&seed, &Progress::default()).await.unwrap();
+    let destination_proxy = FaultProxy::start(&destination);
+    destination_proxy.add_rule(
+        Rule::new(Fault::Stall {
+            duration: Duration::from_millis(200),
+        })
+        .kind(PathKind::Manifest)
+        .method(Method::PUT),
+    );
+
+    let api = FakeApiServer::start(NAMESPACE, ApiState::default()).await;
+    api.put_mirror(
+        MIRROR,
+        json!({"source": {"repository": format!("{}/vendor/app", source.host())},
+               "destination": {"reference": format!("{}/mirror", destination_proxy.host())},
+               "tags": {"semver": ">=1.0.0"},
+               "interval": "1h"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let per_registry = PER_REGISTRY.to_string();
+    let mut controller = ControllerProcess::start(
+        &kubeconfig,
+        NAMESPACE,
+        dir.path(),
+        "controller.log",
+        &[
+            "--max-concurrent-copies",
+            "8",
+            "--max-copies-per-registry",
+            &per_registry,
+        ],
+    );
+    controller
+        .wait_until(
+            Duration::from_secs(120),
+            || mirror_status(&api)["ready"] == VERSIONS && mirror_ready(&api).0 == "True",
+            || format!("mirror {:?}", mirror_status(&api)),
+        )
+        .await;
+    controller.stop(Duration::from_secs(20)).await;
+
+    let requests = destination_proxy.requests();
+    let tag_puts = requests
+        .iter()
+        .filter(|r| {
+            r.method == Method::PUT
+                && r.kind == PathKind::Manifest
+                && !r.path_and_query.contains("/manifests/sha256:")
+        })
+        .count();
+    assert_eq!(tag_puts, VERSIONS, "one tag written per selected version");
+    assert_eq!(
+        copies_in_flight(&requests),
+        PER_REGISTRY,
+        "copies in flight at once at the destination registry: the cap, reached but never passed"
+    );
 }

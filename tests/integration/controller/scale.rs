@@ -14,7 +14,6 @@
 //! reports them. `BUNDLECOPY_SCALE_RESOURCES` changes the number of resources.
 //! `cargo test --test integration controller::scale`
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -32,8 +31,8 @@ use bundlecopy_engine::{EndpointOptions, Progress, copy_bundle};
 use crate::faults::{copy_request, fast_settings, proxied};
 use crate::support::fake_api::{ApiState, ControllerProcess, FakeApiServer, bundle_copy_object};
 use crate::support::{
-    BundleSpec, DockerConfig, FaultProxy, ImageFormat, PathKind, ProxiedRequest, PushedBundle,
-    RegistryKind, TestRegistry, push_bundle,
+    BundleSpec, DockerConfig, FaultProxy, ImageFormat, PathKind, PushedBundle, RegistryKind,
+    TestRegistry, copies_in_flight, push_bundle,
 };
 
 const NAMESPACE: &str = "bc-scale";
@@ -169,7 +168,7 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
     controller.stop(Duration::from_secs(20)).await;
 
     let requests = destination_proxy.requests();
-    let in_flight = copies_in_flight_at(&requests);
+    let in_flight = copies_in_flight(&requests);
     let (most_patches, patches, failed) = {
         let state = api.state.lock().unwrap();
         let most = state
@@ -247,31 +246,6 @@ async fn wait_for_all(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The most copies that were in flight at once at a registry, from the requests it received in
-/// order: a copy into `…/manifests/TAG` starts with its first request naming the tag (the HEAD
-/// that checks the destination) and ends with the PUT of the tag.
-fn copies_in_flight_at(requests: &[ProxiedRequest]) -> usize {
-    let mut open = HashSet::new();
-    let mut finished = HashSet::new();
-    let mut most = 0;
-    for request in requests {
-        let Some((_, tag)) = request.path_and_query.rsplit_once("/manifests/") else {
-            continue;
-        };
-        if tag.starts_with("sha256:") || finished.contains(tag) {
-            continue;
-        }
-        if request.method == Method::PUT {
-            open.remove(tag);
-            finished.insert(tag.to_string());
-        } else {
-            open.insert(tag.to_string());
-            most = most.max(open.len());
-        }
-    }
-    most
 }
 
 /// Builds `resources()` up-to-date BundleCopies whose destination is a `destination_kind`

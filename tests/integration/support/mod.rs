@@ -47,7 +47,7 @@ pub use bundle::{
 };
 pub use check::{assert_bundle_copied, bundlecopy_bin, run_cli, run_cli_with, skopeo_inspect_raw};
 pub use client::RegistryClient;
-pub use proxy::{Fault, FaultProxy, PathKind, ProxiedRequest, Rule};
+pub use proxy::{Fault, FaultProxy, PathKind, ProxiedRequest, Rule, copies_in_flight};
 pub use registry::{DockerConfig, RegistryKind, TestRegistry};
 pub use token::TokenServer;
 

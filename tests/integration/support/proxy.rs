@@ -10,7 +10,7 @@
 //! Like the token server, it runs on its own thread and runtime, so a test may block (on the CLI,
 //! say) while the proxy keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +194,31 @@ pub struct ProxiedRequest {
     pub path_and_query: String,
     pub kind: PathKind,
     pub fault: Option<Fault>,
+}
+
+/// The most copies that were in flight at once at a registry, from the requests it received in
+/// order: a copy into `…/manifests/TAG` starts with its first request naming the tag (the HEAD
+/// that checks the destination) and ends with the PUT of the tag.
+pub fn copies_in_flight(requests: &[ProxiedRequest]) -> usize {
+    let mut open = HashSet::new();
+    let mut finished = HashSet::new();
+    let mut most = 0;
+    for request in requests {
+        let Some((_, tag)) = request.path_and_query.rsplit_once("/manifests/") else {
+            continue;
+        };
+        if tag.starts_with("sha256:") || finished.contains(tag) {
+            continue;
+        }
+        if request.method == Method::PUT {
+            open.remove(tag);
+            finished.insert(tag.to_string());
+        } else {
+            open.insert(tag.to_string());
+            most = most.max(open.len());
+        }
+    }
+    most
 }
 
 struct Redirected {
