@@ -10,7 +10,7 @@
 //! `cargo test --test integration bad_input`
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -29,6 +29,7 @@ use kube::core::DeserializeGuard;
 
 use crate::faults::{bounded, copy_request, direct, fast_settings};
 use crate::support::check::run_cli_with;
+use crate::support::fake_api::{ApiState, FakeApiServer, bundle_copy_object, condition_of};
 use crate::support::{
     BundleSpec, ImageFormat, PushedBundle, PushedImage, RegistryKind, TestRegistry, push_bundle,
     push_plain_image,
@@ -206,17 +207,33 @@ fn report(rows: &mut Vec<String>, input: &str, reason: Option<Reason>, message: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
-    let Fixture {
-        plain,
-        auth,
-        pushed,
-        image,
-        ghost,
-    } = Fixture::start().await;
-    let empty_config = config_dir("{}");
+    let fixture = Fixture::start().await;
     let mut rows = Vec::new();
+    malformed_references(&fixture, &mut rows).await;
+    unusable_docker_configs(&fixture, &mut rows).await;
+    credentials_for_other_hosts(&fixture, &mut rows).await;
+    ca_files_that_are_not_certificates(&fixture, &mut rows).await;
+    sources_that_are_not_bundles(&fixture, &mut rows).await;
+    // Nothing was written by any of the failures.
+    assert!(
+        fixture
+            .plain
+            .client()
+            .head_manifest("mirror/app", "v1")
+            .await
+            .is_none()
+    );
 
-    // Malformed references: the engine says InvalidSpec before touching the network.
+    eprintln!("| input | reason | CLI error line |\n|---|---|---|");
+    for row in rows {
+        eprintln!("{row}");
+    }
+}
+
+/// Malformed references: the engine says InvalidSpec before touching the network.
+async fn malformed_references(fixture: &Fixture, rows: &mut Vec<String>) {
+    let Fixture { pushed, .. } = fixture;
+    let empty_config = config_dir("{}");
     let references = bad_references();
     assert!(references.len() >= 20);
     for row in &references {
@@ -252,15 +269,23 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
             "{what}: took {elapsed:?}"
         );
         report(
-            &mut rows,
+            rows,
             &format!("{}: {}", row.side, row.input),
             Some(Reason::from(error.kind())),
             &line,
         );
     }
+}
 
-    // Docker configs that cannot be used: refused when loaded, naming the problem but never
-    // quoting the (possibly secret) value.
+/// Docker configs that cannot be used: refused when loaded, naming the problem but never
+/// quoting the (possibly secret) value.
+async fn unusable_docker_configs(fixture: &Fixture, rows: &mut Vec<String>) {
+    let Fixture {
+        plain,
+        auth,
+        pushed,
+        ..
+    } = fixture;
     let host = auth.host();
     let secretish = "Bad!Base64*Value";
     let configs = [
@@ -312,22 +337,30 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
             "{what}: {line}"
         );
         assert!(!line.contains(secretish), "{what}: {line}");
-        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
+        report(rows, what, Some(Reason::from(error.kind())), &line);
     }
+}
 
-    // Credentials only for other hosts, against a registry that needs them.
+/// Credentials only for other hosts, against a registry that needs them.
+async fn credentials_for_other_hosts(fixture: &Fixture, rows: &mut Vec<String>) {
+    let Fixture {
+        plain,
+        auth,
+        pushed,
+        ..
+    } = fixture;
     let others = format!(
         r#"{{"auths":{{"other.example.com":{{"auth":"{0}"}},"127.0.0.1:1":{{"auth":"{0}"}}}}}}"#,
         STANDARD.encode(format!("{}:{}", auth.username(), auth.password()))
     );
     let ca = auth.ca_file().unwrap();
     let destination = format!("{}/mirror", auth.host());
-    let mut endpoint = direct(&auth);
+    let mut endpoint = direct(auth);
     endpoint.credentials = EngineDockerConfig::parse_config_json(others.as_bytes()).unwrap();
     let request = copy_request(
         pushed.reference.clone(),
         destination.clone(),
-        direct(&plain),
+        direct(plain),
         endpoint,
         fast_settings(),
     );
@@ -353,13 +386,23 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         "{line}"
     );
     report(
-        &mut rows,
+        rows,
         "credentials only for other hosts",
         Some(Reason::from(error.kind())),
         &line,
     );
+}
 
-    // CA files that are not certificates.
+/// CA files that are not certificates, and one that is missing.
+async fn ca_files_that_are_not_certificates(fixture: &Fixture, rows: &mut Vec<String>) {
+    let Fixture {
+        plain,
+        auth,
+        pushed,
+        ..
+    } = fixture;
+    let empty_config = config_dir("{}");
+    let destination = format!("{}/mirror", auth.host());
     let garbage = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         garbage.path(),
@@ -376,12 +419,12 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         ),
         ("binary CA file", not_pem.path(), "PEM"),
     ] {
-        let mut endpoint = direct(&auth);
+        let mut endpoint = direct(auth);
         endpoint.ca_pem = Some(std::fs::read(path).unwrap());
         let request = copy_request(
             pushed.reference.clone(),
             destination.clone(),
-            direct(&plain),
+            direct(plain),
             endpoint,
             fast_settings(),
         );
@@ -406,7 +449,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
             line.contains(fact) && line.contains("--destination-ca-file"),
             "{what}: {line}"
         );
-        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
+        report(rows, what, Some(Reason::from(error.kind())), &line);
     }
     let (code, _, stderr, _) = cli(copy_args(
         &pushed.reference,
@@ -417,9 +460,18 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
     .await;
     let line = single_error_line("missing CA file", code, &stderr);
     assert!(line.contains("/nonexistent/ca.pem"), "{line}");
-    report(&mut rows, "missing CA file", None, &line);
+    report(rows, "missing CA file", None, &line);
+}
 
-    // Sources that are not (valid) bundles.
+/// Sources that are not (valid) bundles.
+async fn sources_that_are_not_bundles(fixture: &Fixture, rows: &mut Vec<String>) {
+    let Fixture {
+        plain,
+        image,
+        ghost,
+        ..
+    } = fixture;
+    let empty_config = config_dir("{}");
     let sources = [
         (
             "a plain image",
@@ -436,8 +488,8 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         let request = copy_request(
             source.clone(),
             format!("{}/mirror", plain.host()),
-            direct(&plain),
-            direct(&plain),
+            direct(plain),
+            direct(plain),
             fast_settings(),
         );
         let error = bounded(what, copy_bundle(&request, &Progress::default()))
@@ -458,20 +510,7 @@ async fn bad_input_gives_a_reason_and_one_clear_error_line_never_a_panic() {
         .await;
         let line = single_error_line(what, code, &stderr);
         assert!(line.contains(fact), "{what}: {line}");
-        report(&mut rows, what, Some(Reason::from(error.kind())), &line);
-    }
-    // Nothing was written by any of the failures.
-    assert!(
-        plain
-            .client()
-            .head_manifest("mirror/app", "v1")
-            .await
-            .is_none()
-    );
-
-    eprintln!("| input | reason | CLI error line |\n|---|---|---|");
-    for row in rows {
-        eprintln!("{row}");
+        report(rows, what, Some(Reason::from(error.kind())), &line);
     }
 }
 
@@ -529,116 +568,40 @@ fn docker_secret(name: &str, json: &str) -> Secret {
     )
 }
 
-/// What the mocked API server saw during one reconcile.
-#[derive(Default)]
+/// What the fake API server saw during one reconcile.
 struct Seen {
-    secret_reads: Vec<String>,
+    requests: usize,
+    secret_reads: usize,
     status_patches: Vec<serde_json::Value>,
     events: Vec<serde_json::Value>,
     unexpected: Vec<String>,
 }
 
-impl Seen {
-    fn requests(&self) -> usize {
-        self.secret_reads.len()
-            + self.status_patches.len()
-            + self.events.len()
-            + self.unexpected.len()
-    }
-}
-
-/// Answers every request of a reconcile: Secret GETs from `secrets` (404 when absent), status
-/// patches (echoing the object with the new status), Event posts and patches.
-async fn serve_api(
-    mut handle: tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >,
-    object: serde_json::Value,
-    secrets: Vec<Secret>,
-    seen: Arc<Mutex<Seen>>,
-) {
-    use http::{Method, StatusCode};
-    let respond = |status: StatusCode, body: &serde_json::Value| {
-        http::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap()
-    };
-    let secrets_path = format!("/api/v1/namespaces/{NAMESPACE}/secrets/");
-    let status_path = format!(
-        "/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies/{OBJECT_NAME}/status"
-    );
-    let events_path = format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events");
-    while let Some((request, send)) = handle.next_request().await {
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .or_else(|_| serde_yaml::from_slice(&bytes))
-            .unwrap_or(serde_json::Value::Null);
-        let path = parts.uri.path().to_string();
-        let mut seen = seen.lock().unwrap();
-        let response = if parts.method == Method::GET && path.starts_with(&secrets_path) {
-            let name = &path[secrets_path.len()..];
-            seen.secret_reads.push(name.to_string());
-            match secrets
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(name))
-            {
-                Some(secret) => respond(StatusCode::OK, &serde_json::to_value(secret).unwrap()),
-                None => respond(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "NotFound", "code": 404,
-                        "message": format!("secrets \"{name}\" not found"),
-                        "details": {"name": name, "kind": "secrets"}}),
-                ),
-            }
-        } else if parts.method == Method::PATCH && path == status_path {
-            seen.status_patches.push(body["status"].clone());
-            let mut updated = object.clone();
-            updated["status"] = body["status"].clone();
-            respond(StatusCode::OK, &updated)
-        } else if path.starts_with(&events_path) {
-            seen.events.push(body.clone());
-            respond(StatusCode::CREATED, &body)
-        } else {
-            seen.unexpected.push(format!("{} {path}", parts.method));
-            respond(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"kind": "Status", "code": 404}),
-            )
-        };
-        drop(seen);
-        send.send_response(response);
-    }
-}
-
-/// Runs one reconcile of `object` with `secrets` in the namespace; returns its Action and what
-/// the API server saw. Panics (naming the row) on a reconcile error, a panic or a hang.
+/// Runs one reconcile of `object` against the fake API server holding it and `secrets`; returns
+/// its Action and what the server saw. Panics (naming the row) on a reconcile error, a panic or
+/// a hang.
 async fn reconcile_row(
     what: &str,
     object: &BundleCopy,
     secrets: &[Secret],
 ) -> (kube::runtime::controller::Action, Seen) {
-    let (service, handle) = tower_test::mock::pair::<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >();
-    let client = kube::Client::new(service, NAMESPACE);
+    let mut state = ApiState::default();
+    state.objects.insert(
+        OBJECT_NAME.to_string(),
+        serde_json::to_value(object).unwrap(),
+    );
+    for secret in secrets {
+        let name = secret.metadata.name.clone().unwrap();
+        state
+            .secrets
+            .insert(name, serde_json::to_value(secret).unwrap());
+    }
+    let api = FakeApiServer::start(NAMESPACE, state).await;
     let context = Arc::new(Context::new(
-        client,
+        api.client(),
         Arc::new(Metrics::new()),
         EngineSettings::default(),
         1,
-    ));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let server = tokio::spawn(serve_api(
-        handle,
-        serde_json::to_value(object).unwrap(),
-        secrets.to_vec(),
-        seen.clone(),
     ));
     let reconciling = tokio::spawn(reconcile(
         Arc::new(DeserializeGuard(Ok(object.clone()))),
@@ -651,42 +614,79 @@ async fn reconcile_row(
         .unwrap_or_else(|error| {
             panic!("{what}: a bad input must end in the status, not in an error: {error}")
         });
-    server.abort();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let state = api.state.lock().unwrap();
+    let seen = Seen {
+        requests: state.requests.len(),
+        secret_reads: state.secret_reads,
+        status_patches: state
+            .status_patches
+            .iter()
+            .map(|(_, status)| status.clone())
+            .collect(),
+        events: state.events.clone(),
+        unexpected: state.unexpected.clone(),
+    };
     (action, seen)
 }
 
-fn bundle_copy_object(spec: &serde_json::Value, status: Option<&serde_json::Value>) -> BundleCopy {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "bundlecopy.dev/v1alpha1",
-        "kind": "BundleCopy",
-        "metadata": {"name": OBJECT_NAME, "namespace": NAMESPACE, "generation": 1,
-                     "uid": "0bad0bad-0000-4000-8000-000000000001", "resourceVersion": "7"},
-        "spec": spec,
-        "status": status,
-    }))
+fn bundle_copy(spec: &serde_json::Value, status: Option<&serde_json::Value>) -> BundleCopy {
+    serde_json::from_value(bundle_copy_object(
+        NAMESPACE,
+        OBJECT_NAME,
+        1,
+        spec.clone(),
+        status.cloned(),
+    ))
     .unwrap()
 }
 
-fn ready_of(status: &serde_json::Value, type_: &str) -> (String, String, String) {
-    let condition = status["conditions"]
-        .as_array()
-        .and_then(|all| all.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
-    let text = |key: &str| condition[key].as_str().unwrap_or_default().to_string();
-    (text("status"), text("reason"), text("message"))
+fn condition(status: &serde_json::Value, type_: &str) -> (String, String, String) {
+    condition_of(status, type_).unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_retry() {
+    let fixture = Fixture::start().await;
+    let mut rows = secret_and_registry_rows(&fixture);
+    rows.extend(invalid_spec_rows(&fixture));
+    let mut table = Vec::new();
+    for row in &rows {
+        table.push(check_controller_row(row, &fixture.auth).await);
+    }
+    let Fixture { plain, auth, .. } = &fixture;
+    // Nothing reached the destinations.
+    assert!(
+        plain
+            .client()
+            .head_manifest("mirror/app", "v1")
+            .await
+            .is_none()
+    );
+    assert!(
+        auth.client()
+            .head_manifest("team/app", "v1")
+            .await
+            .is_none()
+    );
+    eprintln!("| controller input | Ready reason | Ready message |\n|---|---|---|");
+    for line in table {
+        eprintln!("{line}");
+    }
+}
+
+fn facts(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Bad Secrets, CA Secrets and registries, as a BundleCopy meets them.
+fn secret_and_registry_rows(fixture: &Fixture) -> Vec<ControllerRow> {
     let Fixture {
         plain,
         auth,
         pushed,
         image,
         ghost,
-    } = Fixture::start().await;
-
+    } = fixture;
     let host = auth.host();
     let user_and_secret = format!("{}:{SECRET_MARKER}", auth.username());
     let good_ca = secret_of(
@@ -707,7 +707,6 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
     };
     let with_ca = |credentials: Secret| vec![credentials, good_ca.clone()];
     let field = "spec.destination.credentials";
-    let facts = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let named = "\"push-creds\"";
     let kubectl_fix = "kubectl create secret docker-registry";
 
@@ -926,7 +925,13 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
         ]),
         permanent: true,
     });
-    // Shapes the CRD's CEL rules reject, which a non-validating API server could still hand over.
+    rows
+}
+
+/// Specs the CRD's CEL rules reject, which a non-validating API server could still hand over.
+fn invalid_spec_rows(fixture: &Fixture) -> Vec<ControllerRow> {
+    let Fixture { plain, pushed, .. } = fixture;
+    let mut rows = Vec::new();
     let spec_rows: [(&'static str, serde_json::Value, &[&str]); 9] = [
         (
             "interval banana",
@@ -994,136 +999,122 @@ async fn bad_input_controller_rows_end_in_a_reason_a_clear_message_and_a_slow_re
         });
     }
 
-    let encoded_marker = STANDARD.encode(&user_and_secret);
-    let mut table = Vec::new();
-    for row in &rows {
-        let what = row.what;
-        let object = bundle_copy_object(&row.spec, None);
-        let (action, seen) = reconcile_row(what, &object, &row.secrets).await;
-        assert!(
-            seen.unexpected.is_empty(),
-            "{what}: unexpected requests {:?}",
-            seen.unexpected
-        );
-        assert!(
-            seen.requests() <= MAX_REQUESTS_PER_RECONCILE,
-            "{what}: {} API requests in one reconcile",
-            seen.requests()
-        );
-        let status = seen
-            .status_patches
-            .last()
-            .unwrap_or_else(|| panic!("{what}: no status written"));
-        let (ready, reason, message) = ready_of(status, "Ready");
-        assert_eq!(
-            (ready.as_str(), reason.as_str()),
-            ("False", row.reason.as_str()),
-            "{what}: {message}"
-        );
-        for fact in &row.facts {
-            assert!(
-                message.contains(fact.as_str()),
-                "{what}: {fact:?} not in {message:?}"
-            );
-        }
-        // A TLS failure carries one hint, in the resource's own terms: the
-        // engine's generic advice is not repeated beside it.
-        let hints: &[&str] = if row.reason.as_str() == "TLSError" {
-            &["caSecretRef", "insecure", "registry's CA"]
-        } else {
-            &[]
-        };
-        for hint in hints {
-            assert!(
-                message.matches(*hint).count() <= 1,
-                "{what}: {hint:?} more than once in {message:?}"
-            );
-        }
-        let (stalled, stalled_reason, _) = ready_of(status, "Stalled");
-        if row.permanent {
-            assert_eq!(
-                (stalled.as_str(), stalled_reason.as_str()),
-                ("True", row.reason.as_str()),
-                "{what}: a permanent problem is Stalled"
-            );
-            assert_eq!(
-                action,
-                kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
-                "{what}: the retry must be the slow one"
-            );
-        } else {
-            assert_eq!(
-                stalled, "False",
-                "{what}: a transient problem is not Stalled"
-            );
-            assert_eq!(
-                action,
-                kube::runtime::controller::Action::requeue(TRANSIENT_BACKOFF_BASE),
-                "{what}: the first retry must be the transient backoff's"
-            );
-        }
-        assert!(PERMANENT_RETRY >= Duration::from_secs(600));
-        // No secret value anywhere the controller wrote.
-        let written = format!("{:?} {:?}", seen.status_patches, seen.events);
-        for leak in [SECRET_MARKER, encoded_marker.as_str()] {
-            assert!(
-                !written.contains(leak),
-                "{what}: the status or an Event leaks a secret: {written}"
-            );
-        }
-        assert!(
-            seen.events
-                .iter()
-                .any(|e| e["reason"] == "CopyFailed" && e["type"] == "Warning"),
-            "{what}: no CopyFailed Event: {:?}",
-            seen.events
-        );
-        if row.reason == Reason::InvalidSpec {
-            assert!(
-                seen.secret_reads.is_empty(),
-                "{what}: read Secrets for an invalid spec"
-            );
-        }
+    rows
+}
 
-        // The slow retry of a problem found before any copy changes nothing: no patch, no Event.
-        if matches!(
-            row.reason,
-            Reason::InvalidSpec | Reason::InvalidSecret | Reason::SecretNotFound
-        ) {
-            let again = bundle_copy_object(&row.spec, Some(status));
-            let (action, seen_again) = reconcile_row(what, &again, &row.secrets).await;
-            assert_eq!(
-                action,
-                kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
-                "{what}"
-            );
-            assert!(
-                seen_again.status_patches.is_empty() && seen_again.events.is_empty(),
-                "{what}: a retry with nothing changed wrote {:?} {:?}",
-                seen_again.status_patches,
-                seen_again.events
-            );
-        }
-        table.push(format!("| {what} | {reason} | {message} |"));
-    }
-    // Nothing reached the destinations.
+/// Runs one row's reconcile and checks everything a bad input must give: its Ready reason, a
+/// message with the row's facts, Stalled and the retry as the row's kind says, no secret value
+/// anywhere written, a CopyFailed Event, and a quiet slow retry. Returns the report line.
+async fn check_controller_row(row: &ControllerRow, auth: &TestRegistry) -> String {
+    let encoded_marker = STANDARD.encode(format!("{}:{SECRET_MARKER}", auth.username()));
+    let what = row.what;
+    let object = bundle_copy(&row.spec, None);
+    let (action, seen) = reconcile_row(what, &object, &row.secrets).await;
     assert!(
-        plain
-            .client()
-            .head_manifest("mirror/app", "v1")
-            .await
-            .is_none()
+        seen.unexpected.is_empty(),
+        "{what}: unexpected requests {:?}",
+        seen.unexpected
     );
     assert!(
-        auth.client()
-            .head_manifest("team/app", "v1")
-            .await
-            .is_none()
+        seen.requests <= MAX_REQUESTS_PER_RECONCILE,
+        "{what}: {} API requests in one reconcile",
+        seen.requests
     );
-    eprintln!("| controller input | Ready reason | Ready message |\n|---|---|---|");
-    for line in table {
-        eprintln!("{line}");
+    let status = seen
+        .status_patches
+        .last()
+        .unwrap_or_else(|| panic!("{what}: no status written"));
+    let (ready, reason, message) = condition(status, "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", row.reason.as_str()),
+        "{what}: {message}"
+    );
+    for fact in &row.facts {
+        assert!(
+            message.contains(fact.as_str()),
+            "{what}: {fact:?} not in {message:?}"
+        );
     }
+    // A TLS failure carries one hint, in the resource's own terms: the
+    // engine's generic advice is not repeated beside it.
+    let hints: &[&str] = if row.reason.as_str() == "TLSError" {
+        &["caSecretRef", "insecure", "registry's CA"]
+    } else {
+        &[]
+    };
+    for hint in hints {
+        assert!(
+            message.matches(*hint).count() <= 1,
+            "{what}: {hint:?} more than once in {message:?}"
+        );
+    }
+    let (stalled, stalled_reason, _) = condition(status, "Stalled");
+    if row.permanent {
+        assert_eq!(
+            (stalled.as_str(), stalled_reason.as_str()),
+            ("True", row.reason.as_str()),
+            "{what}: a permanent problem is Stalled"
+        );
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
+            "{what}: the retry must be the slow one"
+        );
+    } else {
+        assert_eq!(
+            stalled, "False",
+            "{what}: a transient problem is not Stalled"
+        );
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(TRANSIENT_BACKOFF_BASE),
+            "{what}: the first retry must be the transient backoff's"
+        );
+    }
+    assert!(PERMANENT_RETRY >= Duration::from_secs(600));
+    // No secret value anywhere the controller wrote.
+    let written = format!("{:?} {:?}", seen.status_patches, seen.events);
+    for leak in [SECRET_MARKER, encoded_marker.as_str()] {
+        assert!(
+            !written.contains(leak),
+            "{what}: the status or an Event leaks a secret: {written}"
+        );
+    }
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| e["reason"] == "CopyFailed" && e["type"] == "Warning"),
+        "{what}: no CopyFailed Event: {:?}",
+        seen.events
+    );
+    if row.reason == Reason::InvalidSpec {
+        assert!(
+            seen.secret_reads == 0,
+            "{what}: read Secrets for an invalid spec"
+        );
+    }
+
+    // The slow retry of a problem found before any copy changes nothing: no patch, no Event.
+    if matches!(
+        row.reason,
+        Reason::InvalidSpec | Reason::InvalidSecret | Reason::SecretNotFound
+    ) {
+        let again = bundle_copy(&row.spec, Some(status));
+        let (action, seen_again) = reconcile_row(what, &again, &row.secrets).await;
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(PERMANENT_RETRY),
+            "{what}"
+        );
+        assert!(
+            seen_again.status_patches.is_empty() && seen_again.events.is_empty(),
+            "{what}: a retry with nothing changed wrote {:?} {:?}",
+            seen_again.status_patches,
+            seen_again.events
+        );
+    }
+    format!("| {what} | {reason} | {message} |")
 }
 
 /// Merges `extra` into `target` (objects recursively; other values replace).

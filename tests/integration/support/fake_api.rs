@@ -295,6 +295,14 @@ impl FakeApiServer {
         let _ = state.mirror_watch.send(event);
     }
 
+    /// A client of this server, for controller code run in the test process.
+    pub fn client(&self) -> kube::Client {
+        bundlecopy_engine::install_crypto_provider();
+        let mut config = kube::Config::new(self.url.parse().unwrap());
+        config.default_namespace = self.namespace.clone();
+        kube::Client::try_from(config).unwrap()
+    }
+
     /// A kubeconfig (in `dir`) pointing at this server, with the namespace as default.
     pub fn write_kubeconfig(&self, dir: &std::path::Path) -> PathBuf {
         self.write_kubeconfig_to(dir.join("kubeconfig"), "user: {}", &self.url)
@@ -933,12 +941,15 @@ pub fn bundle_copy_object(
 
 /// The Ready condition of a status as `(status, reason)`, if any.
 pub fn ready_of(status: &Value) -> Option<(String, String)> {
+    condition_of(status, "Ready").map(|(status, reason, _)| (status, reason))
+}
+
+/// A condition of a status as `(status, reason, message)`, if there is one of that type.
+pub fn condition_of(status: &Value, type_: &str) -> Option<(String, String, String)> {
     status["conditions"].as_array()?.iter().find_map(|c| {
-        (c["type"] == "Ready").then(|| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
+        (c["type"] == type_).then(|| {
+            let text = |key: &str| c[key].as_str().unwrap_or_default().to_string();
+            (text("status"), text("reason"), text("message"))
         })
     })
 }
