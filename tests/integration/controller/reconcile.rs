@@ -1,4 +1,4 @@
-//! Reconcile scenarios: the real `reconcile` against a mocked API server (tower-test) and REAL
+//! Reconcile scenarios: the real `reconcile` against the shared fake API server and REAL
 //! loopback registries behind the copy. Each test asserts the exact API requests: Secret reads,
 //! status patches (server-side apply) and Event posts, in order, and that nothing else is sent.
 //! `cargo test --test integration controller::reconcile`
@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use http::{Method, Request, Response, StatusCode};
+use http::Method;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::Client;
-use kube::client::Body;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
 use bundlecopy::operator::context::Context;
 use bundlecopy::operator::crd::{BundleCopy, BundleCopyStatus};
@@ -25,6 +22,7 @@ use bundlecopy::operator::metrics::Metrics;
 use bundlecopy::operator::reconcile::reconcile;
 use bundlecopy_engine::EngineSettings;
 
+use crate::support::fake_api::{ApiState, FakeApiServer, SeenRequest};
 use crate::support::{
     BundleSpec, PushedBundle, RegistryKind, TestRegistry, assert_bundle_copied, push_bundle,
 };
@@ -34,51 +32,39 @@ const NAME: &str = "hello";
 /// How long one expected request may take to arrive (a copy runs before some of them).
 const REQUEST_WAIT: Duration = Duration::from_secs(90);
 
-/// Plays the API server: each `expect_*` takes the next request, checks it and answers it.
+/// The shared fake API server, and a cursor over the requests it logged: each `expect_*` checks
+/// the next request a reconcile sent, in order.
 struct ApiServer {
-    handle: Handle<Request<Body>, Response<Body>>,
-}
-
-struct Received {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-    respond: SendResponse<Response<Body>>,
+    fake: FakeApiServer,
+    next: usize,
 }
 
 impl ApiServer {
-    async fn next(&mut self, expected: &str) -> Received {
-        let next = tokio::time::timeout(REQUEST_WAIT, self.handle.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request within {REQUEST_WAIT:?}; expected {expected}"));
-        let (request, respond) =
-            next.unwrap_or_else(|| panic!("the client went away; expected {expected}"));
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                serde_yaml::from_slice(&bytes).expect("request body is JSON or YAML")
-            })
-        };
-        Received {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            content_type: parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            body,
-            respond,
+    async fn start() -> ApiServer {
+        ApiServer {
+            fake: FakeApiServer::start(NAMESPACE, ApiState::default()).await,
+            next: 0,
         }
     }
 
-    /// A GET of a Secret in the resource's namespace, answered with `secret` or a 404.
+    /// The next logged request, waiting for it.
+    async fn next(&mut self, expected: &str) -> SeenRequest {
+        let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+        loop {
+            if let Some(request) = self.fake.state.lock().unwrap().requests.get(self.next) {
+                self.next += 1;
+                return request.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request within {REQUEST_WAIT:?}; expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A GET of a Secret in the resource's namespace, which the server answered with `secret`
+    /// (as `run_reconcile` put it there) or a 404.
     async fn expect_secret_get(&mut self, name: &str, secret: Option<&Secret>) {
         let received = self.next(&format!("GET Secret {name}")).await;
         assert_eq!(
@@ -91,26 +77,23 @@ impl ApiServer {
             format!("/api/v1/namespaces/{NAMESPACE}/secrets/{name}"),
             "Secrets are read only from the resource's namespace"
         );
-        let response = match secret {
-            Some(secret) => json_response(StatusCode::OK, &serde_json::to_value(secret).unwrap()),
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "message": format!("secrets \"{name}\" not found"), "reason": "NotFound",
-                        "details": {"name": name, "kind": "secrets"}, "code": 404}),
-            ),
-        };
-        received.respond.send_response(response);
+        let held = self.fake.state.lock().unwrap().secrets.get(name).cloned();
+        assert_eq!(
+            held,
+            secret.map(|s| serde_json::to_value(s).unwrap()),
+            "the Secret {name} the server held"
+        );
     }
 
-    /// A server-side apply of the status; answers with the object carrying it and returns it.
+    /// A server-side apply of the status; returns the status.
     async fn expect_status_patch(&mut self, object: &BundleCopy) -> BundleCopyStatus {
         let received = self.next("a status patch").await;
+        let name = object.metadata.name.as_deref().unwrap_or_default();
         assert_eq!(
             (received.method.clone(), received.path.as_str()),
             (
                 Method::PATCH,
-                format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies/{NAME}/status").as_str()
+                format!("/apis/bundlecopy.dev/v1alpha1/namespaces/{NAMESPACE}/bundlecopies/{name}/status").as_str()
             ),
             "expected a status patch, got {} {} {}",
             received.method,
@@ -133,15 +116,7 @@ impl ApiServer {
             received.body.get("spec").is_none(),
             "a status patch carries no spec"
         );
-        let status: BundleCopyStatus =
-            serde_json::from_value(received.body["status"].clone()).unwrap();
-        let mut updated = object.clone();
-        updated.status = Some(status.clone());
-        received.respond.send_response(json_response(
-            StatusCode::OK,
-            &serde_json::to_value(&updated).unwrap(),
-        ));
-        status
+        serde_json::from_value(received.body["status"].clone()).unwrap()
     }
 
     /// A new Event about the resource; returns it.
@@ -164,47 +139,35 @@ impl ApiServer {
             received.path,
             received.body
         );
-        let event = received.body.clone();
+        let event = received.body;
         assert_eq!(event["reason"], reason, "{event}");
         assert_eq!(event["regarding"]["kind"], "BundleCopy");
         assert_eq!(event["regarding"]["name"], NAME);
         assert_eq!(event["reportingController"], "bundlecopy-operator");
-        received
-            .respond
-            .send_response(json_response(StatusCode::CREATED, &event));
         event
     }
 
     /// Nothing more is sent.
     async fn expect_silence(&mut self) {
-        if let Ok(Some((request, _))) =
-            tokio::time::timeout(Duration::from_millis(300), self.handle.next_request()).await
-        {
-            panic!("unexpected request {} {}", request.method(), request.uri());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let requests = self.fake.state.lock().unwrap().requests.clone();
+        if let Some(request) = requests.get(self.next) {
+            panic!("unexpected request {request}");
         }
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-fn new_context() -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, NAMESPACE);
+async fn new_context() -> (Arc<Context>, ApiServer) {
+    let api = ApiServer::start().await;
     let mut context = Context::new(
-        client,
+        api.fake.client(),
         Arc::new(Metrics::new()),
         EngineSettings::default(),
         2,
     );
     // Loopback copies finish long before this: no progress patches interleave.
     context.progress_every = Duration::from_secs(3600);
-    (Arc::new(context), ApiServer { handle })
+    (Arc::new(context), api)
 }
 
 fn bundle_copy(generation: i64, spec: Value, status: Option<&BundleCopyStatus>) -> BundleCopy {
@@ -253,10 +216,29 @@ fn condition<'a>(status: &'a BundleCopyStatus, type_: &str) -> (&'a str, &'a str
     )
 }
 
+/// Starts a reconcile of `object` with `secrets` in its namespace (the API server holds exactly
+/// these, and the object as given).
 async fn run_reconcile(
+    api: &ApiServer,
     object: BundleCopy,
     context: &Arc<Context>,
+    secrets: &[&Secret],
 ) -> tokio::task::JoinHandle<Action> {
+    {
+        let mut state = api.fake.state.lock().unwrap();
+        state.secrets = secrets
+            .iter()
+            .map(|secret| {
+                (
+                    secret.metadata.name.clone().unwrap(),
+                    serde_json::to_value(secret).unwrap(),
+                )
+            })
+            .collect();
+        state
+            .objects
+            .insert(NAME.to_string(), serde_json::to_value(&object).unwrap());
+    }
     let context = context.clone();
     tokio::spawn(async move {
         reconcile(Arc::new(DeserializeGuard(Ok(object))), context)
@@ -320,10 +302,16 @@ impl AuthenticatedCopy {
 #[tokio::test]
 async fn controller_first_copy_then_a_no_op() {
     let setup = AuthenticatedCopy::new().await;
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let object = bundle_copy(1, setup.spec.clone(), None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(
+        &api,
+        object.clone(),
+        &context,
+        &[&setup.credentials, &setup.ca],
+    )
+    .await;
     api.expect_secret_get("push-creds", Some(&setup.credentials))
         .await;
     api.expect_secret_get("registry-ca", Some(&setup.ca)).await;
@@ -447,7 +435,7 @@ async fn controller_first_copy_then_a_no_op() {
 
     // The controller sees its own status: same generation, same digest, destination holds it.
     let object = bundle_copy(1, setup.spec.clone(), Some(&copied));
-    let again = run_reconcile(object, &context).await;
+    let again = run_reconcile(&api, object, &context, &[&setup.credentials, &setup.ca]).await;
     api.expect_secret_get("push-creds", Some(&setup.credentials))
         .await;
     api.expect_secret_get("registry-ca", Some(&setup.ca)).await;
@@ -463,10 +451,10 @@ async fn controller_first_copy_then_a_no_op() {
 #[tokio::test]
 async fn controller_missing_secret_is_secret_not_found_and_stalled() {
     let setup = AuthenticatedCopy::new().await;
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let object = bundle_copy(3, setup.spec.clone(), None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[&setup.ca]).await;
     api.expect_secret_get("push-creds", None).await;
     let status = api.expect_status_patch(&object).await;
     assert_eq!(condition(&status, "Ready"), ("False", "SecretNotFound", 3));
@@ -510,7 +498,7 @@ async fn controller_missing_secret_is_secret_not_found_and_stalled() {
 
     // A rerun before the cache has our write (same resourceVersion, no status yet), as when a
     // watch event lands mid-reconcile: it starts from what was written, so it writes nothing.
-    let rerun = run_reconcile(object.clone(), &context).await;
+    let rerun = run_reconcile(&api, object.clone(), &context, &[&setup.ca]).await;
     api.expect_secret_get("push-creds", None).await;
     api.expect_silence().await;
     assert_eq!(
@@ -522,13 +510,13 @@ async fn controller_missing_secret_is_secret_not_found_and_stalled() {
 #[tokio::test]
 async fn controller_malformed_secrets_are_invalid_secret() {
     let setup = AuthenticatedCopy::new().await;
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
 
     // An Opaque Secret where a registry credential is expected.
     let mut opaque = setup.credentials.clone();
     opaque.type_ = Some("Opaque".into());
     let object = bundle_copy(1, setup.spec.clone(), None);
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[&opaque, &setup.ca]).await;
     api.expect_secret_get("push-creds", Some(&opaque)).await;
     let status = api.expect_status_patch(&object).await;
     assert_eq!(condition(&status, "Ready"), ("False", "InvalidSecret", 1));
@@ -551,7 +539,13 @@ async fn controller_malformed_secrets_are_invalid_secret() {
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
     );
     let object = bundle_copy(2, setup.spec.clone(), Some(&status));
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(
+        &api,
+        object.clone(),
+        &context,
+        &[&setup.credentials, &garbage_ca],
+    )
+    .await;
     api.expect_secret_get("push-creds", Some(&setup.credentials))
         .await;
     api.expect_secret_get("registry-ca", Some(&garbage_ca))
@@ -573,7 +567,7 @@ async fn controller_malformed_secrets_are_invalid_secret() {
 #[tokio::test]
 async fn controller_wrong_password_is_authentication_failed() {
     let setup = AuthenticatedCopy::new().await;
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let wrong = docker_config_secret(
         "push-creds",
         &setup.destination.docker_config_json().replace(
@@ -587,7 +581,7 @@ async fn controller_wrong_password_is_authentication_failed() {
     );
     let object = bundle_copy(1, setup.spec.clone(), None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[&wrong, &setup.ca]).await;
     api.expect_secret_get("push-creds", Some(&wrong)).await;
     api.expect_secret_get("registry-ca", Some(&setup.ca)).await;
     let copying = api.expect_status_patch(&object).await;
@@ -639,14 +633,14 @@ async fn controller_a_different_bundle_at_the_destination_is_destination_exists(
     )
     .await;
     assert_ne!(pushed.index_digest, occupant.index_digest);
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let spec = json!({
         "source": {"reference": pushed.reference},
         "destination": {"reference": format!("{}/team", destination.host())},
     });
     let object = bundle_copy(1, spec, None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     api.expect_status_patch(&object).await;
     api.expect_event("CopyStarted").await;
     let failed = api.expect_status_patch(&object).await;
@@ -686,7 +680,7 @@ async fn controller_suspend_reads_nothing_and_contacts_no_registry() {
     let host = registry.host();
     // A stopped registry: any registry traffic would end in Unreachable, not Suspended.
     registry.stop();
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let spec = json!({
         "source": {"reference": format!("{host}/hello:v1"), "credentials": [{"name": "pull"}]},
         "destination": {"reference": format!("{host}/team")},
@@ -694,7 +688,7 @@ async fn controller_suspend_reads_nothing_and_contacts_no_registry() {
     });
     let object = bundle_copy(4, spec, None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     let status = api.expect_status_patch(&object).await;
     assert_eq!(condition(&status, "Ready"), ("False", "Suspended", 4));
     assert_eq!(condition(&status, "Stalled"), ("False", "Suspended", 4));
@@ -708,7 +702,10 @@ async fn controller_suspend_reads_nothing_and_contacts_no_registry() {
         Some(&status),
     );
     assert_eq!(
-        run_reconcile(object, &context).await.await.unwrap(),
+        run_reconcile(&api, object, &context, &[])
+            .await
+            .await
+            .unwrap(),
         Action::await_change()
     );
     api.expect_silence().await;
@@ -726,9 +723,9 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
         "destination": {"reference": format!("{}/team", destination.host())},
         "interval": "10m",
     });
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let object = bundle_copy(1, spec.clone(), None);
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     api.expect_status_patch(&object).await;
     api.expect_event("CopyStarted").await;
     let copied = api.expect_status_patch(&object).await;
@@ -753,7 +750,10 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
     .await;
     assert_ne!(first.index_digest, second.index_digest);
     let object = bundle_copy(1, spec.clone(), Some(&copied));
-    let action = run_reconcile(object, &context).await.await.unwrap();
+    let action = run_reconcile(&api, object, &context, &[])
+        .await
+        .await
+        .unwrap();
     api.expect_silence().await;
     assert_ne!(
         action,
@@ -765,9 +765,9 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
     // resolved): the moved tag is found and copied.
     let mut earlier = copied.clone();
     earlier.last_copy_time = Some(Time(Timestamp::now() - SignedDuration::from_mins(11)));
-    let (context, mut api) = new_context();
+    let (context, mut api) = new_context().await;
     let object = bundle_copy(1, spec, Some(&earlier));
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     let copying = api.expect_status_patch(&object).await;
     assert_eq!(condition(&copying, "Reconciling"), ("True", "Copying", 1));
     assert!(
@@ -820,7 +820,7 @@ async fn controller_transient_failures_back_off_without_stalling() {
     let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
     // The source goes away: Unreachable is transient.
     source.stop();
-    let (mut context, mut api) = new_context();
+    let (mut context, mut api) = new_context().await;
     // Fail fast instead of retrying inside the engine.
     let engine = EngineSettings {
         max_attempts: 1,
@@ -834,7 +834,7 @@ async fn controller_transient_failures_back_off_without_stalling() {
     });
     let object = bundle_copy(1, spec.clone(), None);
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     api.expect_status_patch(&object).await;
     api.expect_event("CopyStarted").await;
     let failed = api.expect_status_patch(&object).await;
@@ -854,7 +854,7 @@ async fn controller_transient_failures_back_off_without_stalling() {
     // The retry fails the same way: the wait doubles and the unchanged status is not rewritten
     // (only Reconciling flips for the copy and back).
     let object = bundle_copy(1, spec.clone(), Some(&failed));
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     let copying = api.expect_status_patch(&object).await;
     assert_eq!(condition(&copying, "Reconciling"), ("True", "Copying", 1));
     assert_eq!(condition(&copying, "Ready"), ("False", "Unreachable", 1));
@@ -882,7 +882,7 @@ async fn controller_transient_failures_back_off_without_stalling() {
     // The registry is back: the copy succeeds and the backoff is forgotten.
     source.start_again().await;
     let object = bundle_copy(1, spec, Some(&failed_again));
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     api.expect_status_patch(&object).await;
     api.expect_event_as("CopyStarted", true).await;
     let copied = api.expect_status_patch(&object).await;
@@ -910,7 +910,7 @@ async fn controller_reports_progress_during_a_copy_and_metrics_are_scraped() {
         &[24 << 20, 16 << 20],
     );
     let pushed = push_bundle(&source, "big", "v1", &spec).await;
-    let (mut context, mut api) = new_context();
+    let (mut context, mut api) = new_context().await;
     Arc::get_mut(&mut context).unwrap().progress_every = Duration::from_millis(1);
     let object = bundle_copy(
         1,
@@ -929,7 +929,7 @@ async fn controller_reports_progress_during_a_copy_and_metrics_are_scraped() {
     );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let reconciling = run_reconcile(object.clone(), &context).await;
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
     let first = api.expect_status_patch(&object).await;
     assert_eq!(condition(&first, "Reconciling"), ("True", "Copying", 1));
     api.expect_event("CopyStarted").await;

@@ -44,6 +44,9 @@ pub struct SeenRequest {
     pub method: Method,
     pub path: String,
     pub query: String,
+    pub content_type: String,
+    /// The body, parsed as JSON or YAML (`Null` when empty or neither).
+    pub body: Value,
     /// Whether it arrived while its client's link was frozen (and so was never applied).
     pub held: bool,
 }
@@ -382,40 +385,8 @@ async fn answer_unless_frozen(
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or("anonymous")
         .to_string();
-    let mut frozen = {
-        let mut state = state.lock().unwrap();
-        let frozen = state.frozen.subscribe();
-        let held = frozen.borrow().contains(&client);
-        state.requests.push(SeenRequest {
-            at: Instant::now(),
-            client: client.clone(),
-            method: request.method().clone(),
-            path: request.uri().path().to_string(),
-            query: request.uri().query().unwrap_or_default().to_string(),
-            held,
-        });
-        frozen
-    };
-    if frozen.borrow().contains(&client) {
-        let _ = frozen.wait_for(|frozen| !frozen.contains(&client)).await;
-        return Err(LinkWasFrozen);
-    }
-    let Ok(response) = handle(request, namespace, state, client, frozen).await;
-    Ok(response)
-}
-
-async fn handle(
-    request: Request<Incoming>,
-    namespace: String,
-    state: Arc<Mutex<ApiState>>,
-    client: String,
-    frozen: tokio::sync::watch::Receiver<BTreeSet<String>>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let body = request
-        .into_body()
+    let (parts, body) = request.into_parts();
+    let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
@@ -423,6 +394,53 @@ async fn handle(
     let body: Value = serde_json::from_slice(&body)
         .or_else(|_| serde_yaml::from_slice(&body))
         .unwrap_or(Value::Null);
+    let seen = SeenRequest {
+        at: Instant::now(),
+        client: client.clone(),
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        content_type: parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        body,
+        held: false,
+    };
+    let mut frozen = {
+        let mut state = state.lock().unwrap();
+        let frozen = state.frozen.subscribe();
+        let held = frozen.borrow().contains(&client);
+        state.requests.push(SeenRequest {
+            held,
+            ..seen.clone()
+        });
+        frozen
+    };
+    if frozen.borrow().contains(&client) {
+        let _ = frozen.wait_for(|frozen| !frozen.contains(&client)).await;
+        return Err(LinkWasFrozen);
+    }
+    let Ok(response) = handle(seen, namespace, state, frozen).await;
+    Ok(response)
+}
+
+async fn handle(
+    request: SeenRequest,
+    namespace: String,
+    state: Arc<Mutex<ApiState>>,
+    frozen: tokio::sync::watch::Receiver<BTreeSet<String>>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let SeenRequest {
+        client,
+        method,
+        path,
+        query,
+        body,
+        ..
+    } = request;
     let watching = query.contains("watch=true") || query.contains("watch=1");
 
     let bundle_copies =
