@@ -5,7 +5,7 @@
 //!
 //! The controller rows (bad Secrets, CA Secrets, intervals, references, non-bundles as a
 //! BundleCopy meets them) are the second table below, `bad_input_controller_rows_...`: each is one
-//! reconcile against a mocked API server and must end in its Ready reason, a message naming the
+//! reconcile against the fake API server and must end in its Ready reason, a message naming the
 //! Secret or field and the fix (never a secret value), Stalled True and the slow retry.
 //! `cargo test --test integration bad_input`
 
@@ -515,7 +515,7 @@ async fn sources_that_are_not_bundles(fixture: &Fixture, rows: &mut Vec<String>)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The controller rows of the bad-input table: one reconcile per row against a mocked API server
+// The controller rows of the bad-input table: one reconcile per row against the fake API server
 // (serving the row's BundleCopy and Secrets) and real registries.
 // `cargo test --test integration bad_input_controller`
 // ---------------------------------------------------------------------------------------------

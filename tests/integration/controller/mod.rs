@@ -1,10 +1,11 @@
-//! The controller's tests, by subject. In-process, against a mocked API server (tower-test):
-//! `reconcile` (one reconcile's exact API requests, real registries behind the copy) and `watch`
-//! (the controller loop: which watch events start a reconcile). As processes, against the fake
-//! API server of `support::fake_api`: `process` (start-up, readiness, SIGTERM), `leader` (leader
-//! election between real controllers), `restart` (a controller killed mid-copy), `stalled` (a
-//! registry that stops answering), `malformed` (objects that do not deserialize), `mirror`
-//! (a BundleMirror and its children) and `scale` (1,000 BundleCopies).
+//! The controller's tests, by subject, all against the one fake API server of
+//! `support::fake_api` (real HTTP on loopback). In-process: `reconcile` (one reconcile's exact API
+//! requests, in order, from the server's log; real registries behind the copy) and `watch` (the
+//! controller loop: which watch events start a reconcile). As processes (the real `bundlecopy
+//! controller` binary): `process` (start-up, readiness, SIGTERM), `leader` (leader election
+//! between real controllers), `restart` (a controller killed mid-copy), `stalled` (a registry
+//! that stops answering), `malformed` (objects that do not deserialize), `mirror` (a BundleMirror
+//! and its children) and `scale` (1,000 BundleCopies).
 
 mod leader;
 mod malformed;

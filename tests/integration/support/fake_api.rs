@@ -1,7 +1,8 @@
-//! The fake Kubernetes API server of the process-level controller tests (`controller::restart`,
-//! `scale`, `stalled`, `malformed`, `leader`, and the response helpers of `controller::process`):
-//! a small API server on loopback (real HTTP) holding any number of BundleCopies in one
-//! namespace, and the real `bundlecopy controller` binary run against it.
+//! The one fake Kubernetes API server of the controller tests (every module of `controller`, and
+//! the controller rows of `bad_input`): a small API server on loopback (real HTTP) holding any
+//! number of BundleCopies in one namespace; in-process controller code reaches it through
+//! `client()`, the real `bundlecopy controller` binary through `write_kubeconfig`. Every request
+//! is logged with its body, so a test can check a reconcile's requests in order.
 //!
 //! The server lists BundleCopies and Secret metadata, serves Secret GETs, applies status patches
 //! to the objects it holds (so a restarted controller sees what the previous one wrote), records
