@@ -218,19 +218,47 @@ pub async fn acquire(
     client: Client,
     settings: LeaseSettings,
     fence: Fence,
-    mut report: impl FnMut(Candidacy) + Send,
+    report: impl FnMut(Candidacy) + Send,
 ) -> Result<Leadership, LeaderError> {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-    let timing = settings.timing;
     let mut observed = Observation {
         record: None,
         changed_at: Instant::now(),
     };
-    let renewed_at = loop {
+    let renewed_at = wait_until_held(&api, &settings, &mut observed, report).await?;
+    fence.open_until(renewed_at + settings.timing.renew_deadline);
+    tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
+    let (lost_sender, lost) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let held = Held {
+        api,
+        settings,
+        observed,
+        fence,
+        renewed_at,
+    };
+    let renewal = tokio::spawn(held.keep_renewing(lost_sender, stopped));
+    Ok(Leadership {
+        lost,
+        stop,
+        renewal,
+    })
+}
+
+/// Attempts to take the lease every retry period (and the moment the holder's lease runs out)
+/// until one succeeds: when that attempt started.
+async fn wait_until_held(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+    observed: &mut Observation,
+    mut report: impl FnMut(Candidacy) + Send,
+) -> Result<Instant, LeaderError> {
+    let timing = settings.timing;
+    loop {
         let started = Instant::now();
         let mut next_attempt = started + timing.retry_period;
-        match attempt_until(&api, &settings, &mut observed, next_attempt).await {
-            Some(Ok(Attempt::Held)) => break started,
+        match attempt_until(api, settings, observed, next_attempt).await {
+            Some(Ok(Attempt::Held)) => return Ok(started),
             Some(Ok(Attempt::HeldByOther(holder))) => {
                 tracing::debug!(%holder, "lease held by another replica");
                 report(Candidacy::Standby);
@@ -251,85 +279,90 @@ pub async fn acquire(
             }
         }
         tokio::time::sleep_until(next_attempt).await;
-    };
-    fence.open_until(renewed_at + timing.renew_deadline);
-    tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
-    let (lost_sender, lost) = watch::channel(false);
-    let (stop, stopped) = watch::channel(false);
-    let renewal = tokio::spawn(async move {
-        let step_down = |why: &str| {
-            fence.close();
-            tracing::error!(lease = %settings.name, "{why}; stepped down: no more reconciles, status or Events from this replica");
-            let _ = lost_sender.send(true);
-        };
+    }
+}
+
+/// The lease while this process holds it.
+struct Held {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    observed: Observation,
+    fence: Fence,
+    /// When the last successful renewal started.
+    renewed_at: Instant,
+}
+
+impl Held {
+    /// Renews the lease every retry period. Ends when asked to stop (closing the fence and giving
+    /// the lease up), or by stepping down — the fence closes and `lost` is told — when the lease
+    /// was not renewed within the renew deadline or another replica holds it.
+    async fn keep_renewing(mut self, lost: watch::Sender<bool>, stopped: watch::Receiver<bool>) {
+        let timing = self.settings.timing;
         let stop_requested = || {
             let mut stopped = stopped.clone();
             async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
-        let mut renewed_at = renewed_at;
-        let mut next_attempt = renewed_at + timing.retry_period;
+        let mut next_attempt = self.renewed_at + timing.retry_period;
         loop {
+            let deadline = self.renewed_at + timing.renew_deadline;
             // Never sleep past the deadline: stepping down must not wait for the next attempt.
             tokio::select! {
-                () = tokio::time::sleep_until(next_attempt.min(renewed_at + timing.renew_deadline)) => {}
-                () = stop_requested() => {
-                    fence.close();
-                    give_up(&api, &settings).await;
-                    return;
-                }
+                () = tokio::time::sleep_until(next_attempt.min(deadline)) => {}
+                () = stop_requested() => return self.give_up().await,
             }
-            let deadline = renewed_at + timing.renew_deadline;
             let started = Instant::now();
             if started >= deadline {
-                step_down("the lease was not renewed within the renew deadline");
-                return;
+                return self
+                    .step_down(&lost, "the lease was not renewed within the renew deadline");
             }
             // A hung attempt is abandoned after one retry period (or at the deadline), so that a
             // connection the network silently dropped cannot outlast a short outage.
             let attempt_end = (started + timing.retry_period).min(deadline);
             let outcome = tokio::select! {
-                outcome = attempt_until(&api, &settings, &mut observed, attempt_end) => outcome,
-                () = stop_requested() => {
-                    fence.close();
-                    give_up(&api, &settings).await;
-                    return;
-                }
+                outcome = attempt_until(&self.api, &self.settings, &mut self.observed, attempt_end) => outcome,
+                () = stop_requested() => return self.give_up().await,
             };
-            match outcome {
+            next_attempt = match outcome {
                 Some(Ok(Attempt::Held)) => {
-                    renewed_at = started;
-                    fence.open_until(started + timing.renew_deadline);
-                    next_attempt = started + timing.retry_period;
+                    self.renewed_at = started;
+                    self.fence.open_until(started + timing.renew_deadline);
+                    started + timing.retry_period
                 }
                 Some(Ok(Attempt::HeldByOther(holder))) => {
-                    step_down(&format!("another replica ({holder}) holds the lease"));
-                    return;
+                    return self.step_down(
+                        &lost,
+                        &format!("another replica ({holder}) holds the lease"),
+                    );
                 }
-                Some(Ok(Attempt::Conflict)) => {
-                    // Possibly our own earlier write that timed out on its way: read again now.
-                    next_attempt = Instant::now();
-                }
+                // Possibly our own earlier write that timed out on its way: read again now.
+                Some(Ok(Attempt::Conflict)) => Instant::now(),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "renewing the lease failed; retrying");
-                    next_attempt = started + timing.retry_period;
+                    started + timing.retry_period
                 }
                 None => {
                     tracing::warn!(
                         timeout = ?(attempt_end - started),
                         "renewing the lease got no answer in time; retrying on a new request"
                     );
-                    next_attempt = Instant::now();
+                    Instant::now()
                 }
-            }
+            };
         }
-    });
-    Ok(Leadership {
-        lost,
-        stop,
-        renewal,
-    })
+    }
+
+    fn step_down(&self, lost: &watch::Sender<bool>, why: &str) {
+        self.fence.close();
+        tracing::error!(lease = %self.settings.name, "{why}; stepped down: no more reconciles, status or Events from this replica");
+        let _ = lost.send(true);
+    }
+
+    async fn give_up(&self) {
+        self.fence.close();
+        give_up(&self.api, &self.settings).await;
+    }
 }
 
 async fn try_hold(
