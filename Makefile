@@ -8,7 +8,7 @@ build:
 demo:
 	scripts/demo.sh
 
-# Installs what the tests need (docker-registry, skopeo, helm, kubernetes-validate) when missing,
+# Installs what the tests need (docker-registry, skopeo, squid, helm, kubernetes-validate) when missing,
 # then runs the whole suite. The e2e tests that need a cluster run only with KUBECONFIG set;
 # without it nextest reports them as skipped (.config/nextest.toml).
 test: test-deps

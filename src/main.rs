@@ -26,10 +26,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Copy a bundle and every image it references to another registry (like `porter copy`)
+    #[command(after_help = cli::PROXY_HELP)]
     Copy(CopyArgs),
     /// Show a bundle's name, version, digest, images and relocation map
+    #[command(after_help = cli::PROXY_HELP)]
     Inspect(InspectArgs),
     /// List a repository's tags, or those a BundleMirror with the same selection would copy
+    #[command(after_help = cli::PROXY_HELP)]
     Tags(TagsArgs),
     /// Run the BundleCopy operator against the current Kubernetes cluster
     Controller(ControllerArgs),

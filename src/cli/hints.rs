@@ -1,12 +1,20 @@
 //! What to do about a failed copy, phrased with this CLI's flags (the engine says what the remedy
 //! is, `CopyError::remedy`; the operator phrases the same remedies in its resource's fields).
 
-use bundlecopy_engine::{CopyError, Remedy, Side};
+use bundlecopy_engine::{CopyError, ProxyOrigin, Remedy, Side};
 
 fn flag(side: Side) -> &'static str {
     match side {
         Side::Source => "source",
         Side::Destination => "destination",
+    }
+}
+
+/// The setting that named the proxy, in this CLI's terms.
+fn proxy_setting(side: Side, origin: &ProxyOrigin) -> String {
+    match origin {
+        ProxyOrigin::Endpoint => format!("--{}-proxy", flag(side)),
+        ProxyOrigin::Environment(variable) => format!("${variable}"),
     }
 }
 
@@ -43,6 +51,28 @@ pub fn with_hint(e: &CopyError) -> String {
         Some(Remedy::WaitAndRetry) => "wait and try again later".to_string(),
         Some(Remedy::CheckSource) => "check the source reference and its tag".to_string(),
         Some(Remedy::FixDockerConfig) => "fix the Docker config file".to_string(),
+        Some(Remedy::CheckProxy { side, origin }) => match &origin {
+            ProxyOrigin::Endpoint => format!(
+                "check that the proxy given with --{}-proxy is running and its address is right",
+                flag(side)
+            ),
+            ProxyOrigin::Environment(_) => format!(
+                "check that the proxy in {} is running and its address is right, or list the registry in NO_PROXY to reach it directly",
+                proxy_setting(side, &origin)
+            ),
+        },
+        Some(Remedy::AllowAtProxy { side, origin }) => format!(
+            "the proxy's rules do not allow this registry: have it allowed there (CONNECT to its host and port), or reach it another way ({})",
+            match origin {
+                ProxyOrigin::Endpoint => format!("another --{}-proxy", flag(side)),
+                ProxyOrigin::Environment(_) =>
+                    "NO_PROXY, or --source-proxy/--destination-proxy".to_string(),
+            }
+        ),
+        Some(Remedy::FixProxyCredentials { side, origin }) => format!(
+            "give the proxy's user name and password in {} as http://USER:PASSWORD@HOST:PORT",
+            proxy_setting(side, &origin)
+        ),
         None => String::new(),
     };
     if hint.is_empty() || e.to_string().contains(&hint) {
@@ -74,5 +104,30 @@ mod tests {
             existing: "sha256:1".into(),
         };
         assert!(with_hint(&e).contains("--force"));
+    }
+
+    #[test]
+    fn proxy_hints_name_the_setting_that_gave_the_proxy() {
+        let failure = |problem, origin| CopyError::Proxy {
+            side: Side::Source,
+            registry: "r:1".into(),
+            proxy: "http://proxy:3128".into(),
+            origin,
+            problem,
+            detail: "…".into(),
+        };
+        use bundlecopy_engine::error::ProxyProblem;
+        let env = || ProxyOrigin::Environment("https_proxy".into());
+        let text = with_hint(&failure(ProxyProblem::AuthenticationFailed, env()));
+        assert!(text.contains("$https_proxy"), "{text}");
+        let text = with_hint(&failure(
+            ProxyProblem::AuthenticationFailed,
+            ProxyOrigin::Endpoint,
+        ));
+        assert!(text.contains("--source-proxy"), "{text}");
+        let text = with_hint(&failure(ProxyProblem::Unreachable, env()));
+        assert!(text.contains("NO_PROXY"), "{text}");
+        let text = with_hint(&failure(ProxyProblem::TunnelRefused, ProxyOrigin::Endpoint));
+        assert!(text.contains("CONNECT"), "{text}");
     }
 }

@@ -11,7 +11,7 @@ use bundlecopy_engine::credentials::DockerConfig;
 use bundlecopy_engine::tags::{TagFilter, tag_version};
 use bundlecopy_engine::{
     CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress,
-    ProgressSnapshot, copy_bundle, inspect_bundle, list_tags,
+    ProgressSnapshot, ProxyEnvironment, ProxyOptions, copy_bundle, inspect_bundle, list_tags,
 };
 
 mod hints;
@@ -45,6 +45,25 @@ pub struct ConnectionArgs {
     pub log_level: Option<String>,
 }
 
+/// How the commands use HTTP proxies, for their `--help`: the rules of reqwest's proxy matcher
+/// (docs/operator.md, "HTTP proxies", says the same at length).
+pub const PROXY_HELP: &str = "\
+HTTP proxies:
+  A registry is reached through the proxy given for its endpoint (--source-proxy,
+  --destination-proxy, --proxy), else through the one in the environment: HTTPS_PROXY for
+  https:// registries, HTTP_PROXY for http:// ones (loopback registries are http:// unless given
+  a CA or found to speak TLS), else ALL_PROXY. The upper-case name is read first; the lower-case
+  one only when the upper-case one is not set at all. NO_PROXY (or no_proxy) lists what is
+  reached directly, comma-separated: a host name also matches its subdomains (a leading dot
+  changes nothing); an IP address or CIDR range (10.0.0.0/8) matches hosts written as addresses
+  only, names are not resolved; * matches everything; an entry with a port never matches.
+  Loopback hosts (localhost, 127.0.0.1) are proxied too unless NO_PROXY lists them. NO_PROXY
+  does not apply to a proxy given with a flag. A proxy is http://[USER:PASSWORD@]HOST:PORT
+  (https:// for TLS to the proxy; without a scheme http://; without a port 80, or 443 for
+  https://); SOCKS proxies are not supported. Proxy credentials are never printed, but a
+  password in a flag is visible to other users of this machine in the process list: prefer
+  the environment.";
+
 /// How the commands that read one registry (`inspect`, `tags`) reach it.
 #[derive(Debug, Clone, Args)]
 pub struct OneRegistryArgs {
@@ -55,6 +74,11 @@ pub struct OneRegistryArgs {
     /// Trust the CA certificates in this PEM file (verified HTTPS, on loopback too)
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+
+    /// Reach the registry through this HTTP proxy (http://[USER:PASSWORD@]HOST:PORT) instead of
+    /// the environment's HTTPS_PROXY/HTTP_PROXY
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
 
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -67,6 +91,7 @@ impl OneRegistryArgs {
             insecure: self.insecure_registry,
             ca_pem: read_ca(self.ca_file.as_deref())?,
             credentials: load_docker_config(self.connection.docker_config.as_deref())?,
+            proxy: parse_proxy("--proxy", self.proxy.as_deref())?,
         })
     }
 }
@@ -101,6 +126,16 @@ pub struct CopyArgs {
     /// Trust the CA certificates in this PEM file for the destination (verified HTTPS, on loopback too)
     #[arg(long, value_name = "PEM")]
     pub destination_ca_file: Option<PathBuf>,
+
+    /// Reach the source through this HTTP proxy (http://[USER:PASSWORD@]HOST:PORT) instead of the
+    /// environment's HTTPS_PROXY/HTTP_PROXY
+    #[arg(long, value_name = "URL")]
+    pub source_proxy: Option<String>,
+
+    /// Reach the destination through this HTTP proxy (http://[USER:PASSWORD@]HOST:PORT) instead
+    /// of the environment's HTTPS_PROXY/HTTP_PROXY
+    #[arg(long, value_name = "URL")]
+    pub destination_proxy: Option<String>,
 
     /// Overwrite a destination tag that holds a different bundle
     #[arg(long)]
@@ -208,12 +243,29 @@ fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, CliError> {
     .transpose()
 }
 
-fn settings(connection: &ConnectionArgs, concurrency: usize) -> EngineSettings {
-    EngineSettings {
+/// A proxy flag's URL; the message names the flag and never repeats the URL (it may hold a
+/// password).
+fn parse_proxy(flag: &str, url: Option<&str>) -> Result<Option<ProxyOptions>, CliError> {
+    url.map(|url| {
+        ProxyOptions::parse(url).map_err(|problem| CliError {
+            message: format!("{flag}: {problem}"),
+        })
+    })
+    .transpose()
+}
+
+fn settings(connection: &ConnectionArgs, concurrency: usize) -> Result<EngineSettings, CliError> {
+    let proxy_environment = ProxyEnvironment::from_env().map_err(|problem| CliError {
+        message: format!(
+            "the proxy environment variable {problem}; fix it, or unset it to connect directly"
+        ),
+    })?;
+    Ok(EngineSettings {
         max_concurrent_blobs: concurrency.max(1),
         io_timeout: Duration::from_secs(connection.timeout.max(1)),
+        proxy_environment,
         ..EngineSettings::default()
-    }
+    })
 }
 
 /// Build the engine request from the flags.
@@ -226,14 +278,16 @@ pub fn copy_request(args: &CopyArgs) -> Result<CopyRequest, CliError> {
             insecure: args.insecure_registry || args.source_insecure,
             ca_pem: read_ca(args.source_ca_file.as_deref())?,
             credentials: credentials.clone(),
+            proxy: parse_proxy("--source-proxy", args.source_proxy.as_deref())?,
         },
         destination_endpoint: EndpointOptions {
             insecure: args.insecure_registry || args.destination_insecure,
             ca_pem: read_ca(args.destination_ca_file.as_deref())?,
             credentials,
+            proxy: parse_proxy("--destination-proxy", args.destination_proxy.as_deref())?,
         },
         force: args.force,
-        settings: settings(&args.connection, args.concurrency),
+        settings: settings(&args.connection, args.concurrency)?,
     })
 }
 
@@ -306,7 +360,7 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
     let report = inspect_bundle(
         &args.reference,
         &endpoint,
-        &settings(&args.registry.connection, 8),
+        &settings(&args.registry.connection, 8)?,
     )
     .await?;
     let mut out = String::new();
@@ -369,7 +423,7 @@ pub async fn run_tags(args: TagsArgs) -> Result<(), CliError> {
     let tags = list_tags(
         &args.repository,
         &endpoint,
-        &settings(&args.registry.connection, 1),
+        &settings(&args.registry.connection, 1)?,
     )
     .await?;
     let chosen: Vec<(String, Option<String>)> = match &selection {

@@ -135,6 +135,13 @@ pub struct Endpoint {
     /// entry wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<SecretReference>,
+
+    /// A Secret in this namespace naming an HTTP proxy for every request to this registry (and
+    /// its token server): key `address` (`http://proxy.example:3128`, or `https://` for TLS to
+    /// the proxy), optional keys `username` and `password`. Without it the controller's
+    /// HTTPS_PROXY, HTTP_PROXY and NO_PROXY environment applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<SecretReference>,
 }
 
 /// A Secret in the resource's namespace, by name.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::crd::BundleCopySpec;
 use super::decide;
 use super::reason::Reason;
-use bundlecopy_engine::{CopyError, Remedy, Side};
+use bundlecopy_engine::{CopyError, ProxyOrigin, Remedy, Side};
 
 /// Why a reconcile could not reach Ready True.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +49,65 @@ fn field(side: Side) -> &'static str {
     }
 }
 
+/// Where the proxy came from, in the resource's terms: its `proxySecretRef` Secret, or the
+/// controller's environment.
+fn proxy_setting(side: Side, origin: &ProxyOrigin, spec: Option<&BundleCopySpec>) -> String {
+    match origin {
+        ProxyOrigin::Endpoint => {
+            let field = format!("{}.proxySecretRef", field(side));
+            let name = spec.and_then(|spec| {
+                let endpoint = match side {
+                    Side::Source => &spec.source,
+                    Side::Destination => &spec.destination,
+                };
+                endpoint.proxy_secret_ref.as_ref().map(|r| r.name.clone())
+            });
+            match name {
+                Some(name) => format!("the Secret {name:?} named by {field}"),
+                None => format!("the Secret named by {field}"),
+            }
+        }
+        ProxyOrigin::Environment(variable) => {
+            format!("the controller's environment variable {variable} (the chart's proxy values)")
+        }
+    }
+}
+
 /// A remedy in the resource's terms; `None` for those that have no field to point at.
 fn phrase(remedy: &Remedy, spec: Option<&BundleCopySpec>) -> Option<String> {
     Some(match remedy {
+        Remedy::CheckProxy { side, origin } => {
+            let (what, bypass) = match origin {
+                ProxyOrigin::Endpoint => ("the address in ", ""),
+                ProxyOrigin::Environment(_) => (
+                    "",
+                    ", or list the registry in NO_PROXY to reach it directly",
+                ),
+            };
+            format!(
+                "; check that the proxy is running and that {what}{} is right{bypass}",
+                proxy_setting(*side, origin, spec)
+            )
+        }
+        Remedy::AllowAtProxy { side, origin } => format!(
+            "; the proxy's rules do not allow this registry: have CONNECT to its host and port allowed there, or reach it another way (a proxy in {}.proxySecretRef{})",
+            field(*side),
+            match origin {
+                ProxyOrigin::Endpoint => "",
+                ProxyOrigin::Environment(_) => ", or NO_PROXY",
+            }
+        ),
+        Remedy::FixProxyCredentials { side, origin } => {
+            let setting = proxy_setting(*side, origin, spec);
+            match origin {
+                ProxyOrigin::Endpoint => {
+                    format!("; check the keys username and password of {setting}")
+                }
+                ProxyOrigin::Environment(_) => format!(
+                    "; put the proxy's user name and password in {setting} as http://USER:PASSWORD@HOST:PORT"
+                ),
+            }
+        }
         Remedy::FixCredentials { side, .. } => {
             let field = field(*side);
             let endpoint = spec.map(|spec| match side {
@@ -128,6 +184,73 @@ mod tests {
             Failure::from_copy_error_in(&denied, None)
                 .message
                 .contains("spec.source.credentials")
+        );
+    }
+
+    #[test]
+    fn proxy_failures_have_their_own_reasons_and_name_where_the_proxy_came_from() {
+        use bundlecopy_engine::error::ProxyProblem;
+        let failure = |problem, origin| CopyError::Proxy {
+            side: Side::Destination,
+            registry: "r:1".into(),
+            proxy: "http://proxy:3128".into(),
+            origin,
+            problem,
+            detail: "…".into(),
+        };
+        let mut spec: BundleCopySpec = serde_json::from_value(serde_json::json!({
+            "source": {"reference": "a/b:1"},
+            "destination": {"reference": "r:1/team", "proxySecretRef": {"name": "corp-proxy"}},
+        }))
+        .unwrap();
+        let unreachable = Failure::from_copy_error_in(
+            &failure(ProxyProblem::Unreachable, ProxyOrigin::Endpoint),
+            Some(&spec),
+        );
+        assert_eq!(unreachable.reason, Reason::ProxyUnreachable);
+        assert!(unreachable.transient);
+        assert!(
+            unreachable
+                .message
+                .contains("\"corp-proxy\" named by spec.destination.proxySecretRef"),
+            "{}",
+            unreachable.message
+        );
+        let denied = Failure::from_copy_error_in(
+            &failure(ProxyProblem::AuthenticationFailed, ProxyOrigin::Endpoint),
+            Some(&spec),
+        );
+        assert_eq!(denied.reason, Reason::ProxyAuthenticationFailed);
+        assert!(!denied.transient);
+        assert!(
+            denied.message.contains("username and password"),
+            "{}",
+            denied.message
+        );
+        spec.destination.proxy_secret_ref = None;
+        let refused = Failure::from_copy_error_in(
+            &failure(
+                ProxyProblem::TunnelRefused,
+                ProxyOrigin::Environment("HTTPS_PROXY".into()),
+            ),
+            Some(&spec),
+        );
+        assert_eq!(refused.reason, Reason::ProxyRefused);
+        assert!(!refused.transient);
+        assert!(refused.message.contains("NO_PROXY"), "{}", refused.message);
+        let environment = Failure::from_copy_error_in(
+            &failure(
+                ProxyProblem::AuthenticationFailed,
+                ProxyOrigin::Environment("HTTPS_PROXY".into()),
+            ),
+            None,
+        );
+        assert!(
+            environment
+                .message
+                .contains("environment variable HTTPS_PROXY"),
+            "{}",
+            environment.message
         );
     }
 }

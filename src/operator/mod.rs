@@ -113,7 +113,8 @@ impl Reconciling<'_> {
                 .boxed()
             }));
         }
-        tracing::info!(namespaces = ?self.args.namespaces, mirrors = self.args.mirrors, "controller started");
+        tracing::info!(namespaces = ?self.args.namespaces, mirrors = self.args.mirrors,
+            proxies = ?self.engine.proxy_environment, "controller started");
         futures_util::stream::select_all(streams)
             .for_each(|()| async {})
             .await;
@@ -122,7 +123,14 @@ impl Reconciling<'_> {
 
 /// Engine settings from the flags.
 fn engine_settings(args: &ControllerArgs) -> anyhow::Result<EngineSettings> {
-    let mut engine = EngineSettings::default();
+    let mut engine = EngineSettings {
+        proxy_environment: bundlecopy_engine::ProxyEnvironment::from_env().map_err(|problem| {
+            anyhow::anyhow!(
+                "the proxy environment variable {problem}; fix it, or unset it to connect directly"
+            )
+        })?,
+        ..EngineSettings::default()
+    };
     if let Some(path) = &args.extra_ca_file {
         let pem = std::fs::read(path)
             .with_context(|| format!("reading --extra-ca-file {}", path.display()))?;

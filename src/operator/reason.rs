@@ -20,11 +20,14 @@ pub enum Reason {
     DigestMismatch,
     RateLimited,
     RegistryError,
+    ProxyUnreachable,
+    ProxyRefused,
+    ProxyAuthenticationFailed,
     Suspended,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Copied,
         Reason::UpToDate,
         Reason::InvalidSpec,
@@ -39,6 +42,9 @@ impl Reason {
         Reason::DigestMismatch,
         Reason::RateLimited,
         Reason::RegistryError,
+        Reason::ProxyUnreachable,
+        Reason::ProxyRefused,
+        Reason::ProxyAuthenticationFailed,
         Reason::Suspended,
     ];
 
@@ -58,6 +64,9 @@ impl Reason {
             Reason::DigestMismatch => "DigestMismatch",
             Reason::RateLimited => "RateLimited",
             Reason::RegistryError => "RegistryError",
+            Reason::ProxyUnreachable => "ProxyUnreachable",
+            Reason::ProxyRefused => "ProxyRefused",
+            Reason::ProxyAuthenticationFailed => "ProxyAuthenticationFailed",
             Reason::Suspended => "Suspended",
         }
     }
@@ -78,6 +87,9 @@ impl From<ErrorKind> for Reason {
             ErrorKind::DigestMismatch => Reason::DigestMismatch,
             ErrorKind::RateLimited => Reason::RateLimited,
             ErrorKind::RegistryError => Reason::RegistryError,
+            ErrorKind::ProxyUnreachable => Reason::ProxyUnreachable,
+            ErrorKind::ProxyRefused => Reason::ProxyRefused,
+            ErrorKind::ProxyAuthenticationFailed => Reason::ProxyAuthenticationFailed,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Secrets referenced by a BundleCopy: registry credentials and CA certificates, read only from
-//! the resource's own namespace. Parsing is pure; `read_endpoints` does the reads.
+//! Secrets referenced by a BundleCopy: registry credentials, CA certificates and HTTP proxies,
+//! read only from the resource's own namespace. Parsing is pure; `read_endpoints` does the reads.
 
 use std::collections::HashMap;
 
@@ -8,13 +8,17 @@ use kube::Api;
 
 use super::crd::{BundleCopySpec, Endpoint};
 use super::reason::Reason;
-use bundlecopy_engine::EndpointOptions;
 use bundlecopy_engine::credentials::DockerConfig;
+use bundlecopy_engine::{EndpointOptions, ProxyOptions};
 
 pub const TYPE_DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 pub const KEY_DOCKER_CONFIG_JSON: &str = ".dockerconfigjson";
 pub const TYPE_DOCKERCFG: &str = "kubernetes.io/dockercfg";
 pub const KEY_DOCKERCFG: &str = ".dockercfg";
+/// Keys of a `proxySecretRef` Secret (as Flux's source-controller reads them).
+pub const KEY_PROXY_ADDRESS: &str = "address";
+pub const KEY_PROXY_USERNAME: &str = "username";
+pub const KEY_PROXY_PASSWORD: &str = "password";
 
 /// A Secret that is missing or unusable: only a change of the Secret or the spec helps.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +88,50 @@ pub fn ca_certificates(secret: &Secret, key: &str, field: &str) -> Result<Vec<u8
     Ok(pem.to_vec())
 }
 
+/// An HTTP proxy from a Secret of any type: `address`, optional `username` and `password`.
+/// Messages name the keys, never their values.
+pub fn proxy(secret: &Secret, field: &str) -> Result<ProxyOptions, SecretProblem> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let text = |key: &str| -> Result<Option<&str>, SecretProblem> {
+        secret_value(secret, key)
+            .map(|bytes| {
+                std::str::from_utf8(bytes).map_err(|_| {
+                    SecretProblem::invalid(field, name, format_args!("key {key} is not UTF-8 text"))
+                })
+            })
+            .transpose()
+    };
+    let address = text(KEY_PROXY_ADDRESS)?.ok_or_else(|| {
+        SecretProblem::invalid(
+            field,
+            name,
+            format_args!(
+                "has no key {KEY_PROXY_ADDRESS}; put the proxy's URL there                  (http://proxy.example:3128), and optionally {KEY_PROXY_USERNAME} and {KEY_PROXY_PASSWORD}"
+            ),
+        )
+    })?;
+    let proxy = ProxyOptions::parse(address).map_err(|problem| {
+        SecretProblem::invalid(
+            field,
+            name,
+            format_args!("key {KEY_PROXY_ADDRESS}: {problem}"),
+        )
+    })?;
+    match (text(KEY_PROXY_USERNAME)?, text(KEY_PROXY_PASSWORD)?) {
+        (Some(username), password) if !username.is_empty() => {
+            Ok(proxy.with_credentials(username, password))
+        }
+        (_, Some(_)) => Err(SecretProblem::invalid(
+            field,
+            name,
+            format_args!(
+                "has a {KEY_PROXY_PASSWORD} but no {KEY_PROXY_USERNAME}; add the user name under key {KEY_PROXY_USERNAME}"
+            ),
+        )),
+        _ => Ok(proxy),
+    }
+}
+
 fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret
         .data
@@ -107,7 +155,7 @@ pub enum ReadError {
 }
 
 /// Reads every Secret the spec refers to (each once, in spec order: source credentials, source
-/// CA, destination credentials, destination CA) and builds both endpoints' options.
+/// CA, source proxy, then the same for the destination) and builds both endpoints' options.
 pub async fn read_endpoints(
     secrets: &Api<Secret>,
     spec: &BundleCopySpec,
@@ -149,9 +197,18 @@ async fn read_endpoint(
         }
         None => None,
     };
+    let proxy = match &endpoint.proxy_secret_ref {
+        Some(reference) => {
+            let field = format!("{field}.proxySecretRef");
+            let secret = fetch(secrets, &reference.name, &field, cache).await?;
+            Some(proxy(secret, &field)?)
+        }
+        None => None,
+    };
     Ok(EndpointOptions {
         insecure: endpoint.insecure,
         ca_pem,
+        proxy,
         credentials: if configs.is_empty() {
             DockerConfig::default()
         } else {
@@ -327,6 +384,64 @@ mod tests {
                 "{name} leaks the secret: {}",
                 found.message
             );
+        }
+    }
+
+    #[test]
+    fn proxy_secrets_give_an_address_and_optional_credentials() {
+        const FIELD: &str = "spec.source.proxySecretRef";
+        let plain = proxy(
+            &secret(None, &[("address", b"http://proxy.corp:3128")]),
+            FIELD,
+        )
+        .unwrap();
+        assert_eq!(plain.address(), "http://proxy.corp:3128");
+        assert!(!plain.has_credentials());
+        let with = proxy(
+            &secret(
+                Some("Opaque"),
+                &[
+                    ("address", b"proxy.corp:3128"),
+                    ("username", b"alice"),
+                    ("password", b"s3cret-proxy-pass"),
+                ],
+            ),
+            FIELD,
+        )
+        .unwrap();
+        assert!(with.has_credentials());
+        assert!(!format!("{with:?}").contains("s3cret"), "{with:?}");
+
+        for (data, expected) in [
+            (&[("username", &b"alice"[..])][..], "has no key address"),
+            (
+                &[("address", &b"socks5://alice:s3cret-proxy-pass@p:1"[..])][..],
+                "socks5 proxies are not supported",
+            ),
+            (
+                &[("address", &b"http://p:1/path?s3cret-proxy-pass"[..])][..],
+                "without a path",
+            ),
+            (
+                &[
+                    ("address", &b"http://p:1"[..]),
+                    ("password", b"s3cret-proxy-pass"),
+                ][..],
+                "no username",
+            ),
+            (
+                &[("address", &b"\xff\xfe"[..])][..],
+                "key address is not UTF-8",
+            ),
+        ] {
+            let found = proxy(&secret(None, data), FIELD).unwrap_err();
+            assert_eq!(found.reason, Reason::InvalidSecret);
+            assert!(
+                found.message.contains(expected) && found.message.contains(FIELD),
+                "{}",
+                found.message
+            );
+            assert!(!found.message.contains("s3cret"), "{}", found.message);
         }
     }
 

@@ -28,7 +28,8 @@ pub fn error_policy(
     Action::requeue(wait)
 }
 
-/// The BundleCopies in the Secret's namespace that name it (credentials or caSecretRef).
+/// The BundleCopies in the Secret's namespace that name it (credentials, caSecretRef or
+/// proxySecretRef).
 pub fn bundle_copies_using(
     store: &Store<DeserializeGuard<BundleCopy>>,
     secret: &PartialObjectMeta<Secret>,
@@ -56,6 +57,10 @@ pub fn refers_to_secret(bundle: &BundleCopy, secret: &str) -> bool {
             endpoint.credentials.iter().any(|c| c.name == secret)
                 || endpoint
                     .ca_secret_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == secret)
+                || endpoint
+                    .proxy_secret_ref
                     .as_ref()
                     .is_some_and(|r| r.name == secret)
         })
@@ -159,10 +164,15 @@ mod tests {
     #[test]
     fn secrets_map_to_the_bundle_copies_that_name_them() {
         let (reader, mut writer) = reflector::store::<DeserializeGuard<BundleCopy>>();
+        let mut proxied = bundle("team-a", "third", None);
+        proxied.spec.source.proxy_secret_ref = Some(crate::operator::crd::SecretReference {
+            name: "corp-proxy".into(),
+        });
         for object in [
             bundle("team-a", "pull", None),
             bundle("team-a", "other", Some("corp-ca")),
             bundle("team-b", "pull", None),
+            proxied,
         ] {
             writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(object))));
         }
@@ -199,6 +209,14 @@ mod tests {
             names(bundle_copies_using(&reader, &secret("team-a", "corp-ca"))),
             ["team-a/b-other"]
         );
+        assert_eq!(
+            names(bundle_copies_using(
+                &reader,
+                &secret("team-a", "corp-proxy")
+            )),
+            ["team-a/b-third"]
+        );
+        assert!(bundle_copies_using(&reader, &secret("team-b", "corp-proxy")).is_empty());
         assert!(bundle_copies_using(&reader, &secret("team-c", "pull")).is_empty());
         assert!(bundle_copies_using(&reader, &secret("team-a", "unrelated")).is_empty());
     }

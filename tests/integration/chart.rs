@@ -29,6 +29,9 @@ pub(crate) const ALL_TOGGLES: &[&str] = &[
     "metrics.serviceMonitor.enabled=true",
     "extraCA.configMap.name=corporate-ca",
     "extraCA.configMap.key=bundle.pem",
+    "proxy.httpsProxy=http://proxy.corp.example:3128",
+    "proxy.noProxy=10.0.0.0/8",
+    "proxy.fromSecret=corp-proxy-env",
 ];
 
 /// The value sets rendered by the validation and security tests.
@@ -947,6 +950,57 @@ fn extra_ca_is_mounted_read_only_from_a_config_map_or_a_secret() {
             .iter()
             .any(|arg| arg.starts_with("--extra-ca-file"))
     );
+}
+
+#[test]
+fn proxy_values_become_the_controller_environment() {
+    let environment = |objects: &[Value]| -> Vec<(String, String)> {
+        controller_container(objects)["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .filter_map(|entry| {
+                Some((
+                    string_at(entry, &["name"])?.to_string(),
+                    string_at(entry, &["value"])?.to_string(),
+                ))
+            })
+            .collect()
+    };
+    let objects = render(&[
+        "proxy.httpsProxy=http://proxy.corp.example:3128",
+        "proxy.httpProxy=http://proxy.corp.example:3129",
+        "proxy.noProxy=10.0.0.0/8",
+        "proxy.fromSecret=corp-proxy-env",
+    ]);
+    let env = environment(&objects);
+    for (name, value) in [
+        ("HTTPS_PROXY", "http://proxy.corp.example:3128"),
+        ("HTTP_PROXY", "http://proxy.corp.example:3129"),
+        ("NO_PROXY", "10.0.0.0/8"),
+    ] {
+        assert!(
+            env.contains(&(name.to_string(), value.to_string())),
+            "{name}: {env:?}"
+        );
+    }
+    assert_eq!(
+        string_at(
+            &controller_container(&objects)["envFrom"][0],
+            &["secretRef", "name"]
+        ),
+        Some("corp-proxy-env")
+    );
+
+    let without = render(&[]);
+    assert!(
+        !environment(&without)
+            .iter()
+            .any(|(name, _)| name.ends_with("PROXY")),
+        "{:?}",
+        environment(&without)
+    );
+    assert!(controller_container(&without).get("envFrom").is_none());
 }
 
 #[test]

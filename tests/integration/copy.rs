@@ -23,6 +23,7 @@ fn endpoint(registry: &TestRegistry) -> EndpointOptions {
         } else {
             DockerConfig::default()
         },
+        proxy: None,
     }
 }
 

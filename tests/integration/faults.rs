@@ -42,6 +42,7 @@ pub(crate) fn direct(registry: &TestRegistry) -> EndpointOptions {
         insecure: false,
         ca_pem: registry.ca_pem().map(|pem| pem.as_bytes().to_vec()),
         credentials: engine_config(&DockerConfig::new().with_registry(registry)),
+        proxy: None,
     }
 }
 
@@ -52,6 +53,7 @@ pub(crate) fn proxied(proxy: &FaultProxy, registry: &TestRegistry) -> EndpointOp
         insecure: false,
         ca_pem: None,
         credentials: engine_config(&DockerConfig::new().with_host_as(&proxy.host(), registry)),
+        proxy: None,
     }
 }
 

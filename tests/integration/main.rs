@@ -13,5 +13,6 @@ mod dockerfile;
 mod e2e;
 mod faults;
 mod harness_smoke;
+mod proxies;
 mod security;
 mod tags;

@@ -20,7 +20,7 @@ use crate::support::{
 const WRONG_PASSWORD: &str = "Wr0ng-Distinctive-Pw-7781";
 
 /// Every form in which `user:password` or the password could leak.
-fn secret_forms(user: &str, password: &str) -> Vec<String> {
+pub(crate) fn secret_forms(user: &str, password: &str) -> Vec<String> {
     let pair = format!("{user}:{password}");
     vec![
         password.to_string(),
@@ -33,7 +33,7 @@ fn secret_forms(user: &str, password: &str) -> Vec<String> {
     ]
 }
 
-fn assert_no_secret(what: &str, output: &str, secrets: &[String]) {
+pub(crate) fn assert_no_secret(what: &str, output: &str, secrets: &[String]) {
     for secret in secrets {
         assert!(
             !output.contains(secret.as_str()),

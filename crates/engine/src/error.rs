@@ -43,6 +43,12 @@ pub enum ErrorKind {
     DigestMismatch,
     RateLimited,
     RegistryError,
+    /// No connection to the HTTP proxy on the way to a registry.
+    ProxyUnreachable,
+    /// The proxy would not open a tunnel (CONNECT) to the registry.
+    ProxyRefused,
+    /// The proxy answered 407: no or wrong proxy credentials.
+    ProxyAuthenticationFailed,
 }
 
 impl ErrorKind {
@@ -52,6 +58,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::Unreachable
+                | ErrorKind::ProxyUnreachable
                 | ErrorKind::RateLimited
                 | ErrorKind::RegistryError
                 | ErrorKind::DigestMismatch
@@ -79,6 +86,41 @@ pub enum Remedy {
     CheckSource,
     /// The Docker config cannot be parsed.
     FixDockerConfig,
+    /// Start the proxy or correct its address, or bypass it for this registry.
+    CheckProxy { side: Side, origin: ProxyOrigin },
+    /// The proxy's policy forbids the tunnel: allow it there, or bypass the proxy.
+    AllowAtProxy { side: Side, origin: ProxyOrigin },
+    /// Give (working) credentials for the proxy.
+    FixProxyCredentials { side: Side, origin: ProxyOrigin },
+}
+
+/// Where the proxy of a failed request was configured, so that a front end can name the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyOrigin {
+    /// The endpoint's own proxy (`--source-proxy`, `proxySecretRef`).
+    Endpoint,
+    /// A variable of the process environment, as spelled there (`HTTPS_PROXY`, `https_proxy`).
+    Environment(String),
+}
+
+impl std::fmt::Display for ProxyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyOrigin::Endpoint => f.write_str("set for this endpoint"),
+            ProxyOrigin::Environment(variable) => write!(f, "from {variable}"),
+        }
+    }
+}
+
+/// What went wrong at an HTTP proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProblem {
+    /// No connection to the proxy (refused, DNS, timeout, closed).
+    Unreachable,
+    /// The proxy answered CONNECT with an error status.
+    TunnelRefused,
+    /// The proxy answered 407 Proxy Authentication Required.
+    AuthenticationFailed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +188,19 @@ pub enum CopyError {
         retry_after: Option<Duration>,
     },
 
+    /// A failure at the HTTP proxy between bundlecopy and the registry; `detail` says what
+    /// the proxy did.
+    #[error("{side} registry {registry}: the proxy {proxy} ({origin}) {detail}")]
+    Proxy {
+        side: Side,
+        registry: String,
+        /// `scheme://host:port`, never with credentials.
+        proxy: String,
+        origin: ProxyOrigin,
+        problem: ProxyProblem,
+        detail: String,
+    },
+
     #[error("{side} registry {registry}: {detail}")]
     Registry {
         side: Side,
@@ -178,6 +233,11 @@ impl CopyError {
             CopyError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
             CopyError::RateLimited { .. } => ErrorKind::RateLimited,
             CopyError::Registry { .. } => ErrorKind::RegistryError,
+            CopyError::Proxy { problem, .. } => match problem {
+                ProxyProblem::Unreachable => ErrorKind::ProxyUnreachable,
+                ProxyProblem::TunnelRefused => ErrorKind::ProxyRefused,
+                ProxyProblem::AuthenticationFailed => ErrorKind::ProxyAuthenticationFailed,
+            },
         }
     }
 
@@ -195,6 +255,21 @@ impl CopyError {
             CopyError::RateLimited { .. } => Remedy::WaitAndRetry,
             CopyError::SourceNotFound { .. } => Remedy::CheckSource,
             CopyError::InvalidCredentials(_) => Remedy::FixDockerConfig,
+            CopyError::Proxy {
+                side,
+                origin,
+                problem,
+                ..
+            } => {
+                let (side, origin) = (*side, origin.clone());
+                match problem {
+                    ProxyProblem::Unreachable => Remedy::CheckProxy { side, origin },
+                    ProxyProblem::TunnelRefused => Remedy::AllowAtProxy { side, origin },
+                    ProxyProblem::AuthenticationFailed => {
+                        Remedy::FixProxyCredentials { side, origin }
+                    }
+                }
+            }
             _ => return None,
         })
     }
@@ -208,6 +283,7 @@ impl CopyError {
             | CopyError::Unreachable { side, .. }
             | CopyError::DigestMismatch { side, .. }
             | CopyError::RateLimited { side, .. }
+            | CopyError::Proxy { side, .. }
             | CopyError::Registry { side, .. } => Some(*side),
             CopyError::SourceNotFound { .. } | CopyError::NotABundle { .. } => Some(Side::Source),
             CopyError::DestinationExists { .. } => Some(Side::Destination),

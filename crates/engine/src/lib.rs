@@ -3,7 +3,7 @@
 //! of a command line; the `bundlecopy` binary's CLI and operator are its two front ends.
 //!
 //! Layers, bottom first (each uses only those below it; docs/architecture.md):
-//! `settings`, `error`, `digest` → `reference`, `credentials`, `bundle` → `registry` (transport,
+//! `error`, `digest`, `proxy` → `settings` → `reference`, `credentials`, `bundle` → `registry` (transport,
 //! authentication and retries as layers of one client) → `copy` (plan → execute → verify) and
 //! `inspect`.
 
@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod inspect;
+pub mod proxy;
 pub mod reference;
 pub mod registry;
 pub mod settings;
@@ -21,8 +22,9 @@ pub mod tags;
 pub use copy::{
     BundleInfo, CopyOutcome, CopyRequest, Progress, ProgressSnapshot, RelocatedImage, copy_bundle,
 };
-pub use error::{CopyError, ErrorKind, Remedy, Side};
+pub use error::{CopyError, ErrorKind, ProxyOrigin, Remedy, Side};
 pub use inspect::{InspectImage, InspectReport, inspect_bundle, list_tags, resolve_digest};
+pub use proxy::{ProxyEnvironment, ProxyOptions};
 pub use registry::transport::validate_ca_pem;
 pub use settings::{EndpointOptions, EngineSettings};
 

@@ -1,10 +1,11 @@
 //! What a caller tells the engine: how to reach each endpoint and the process-wide knobs. The
 //! bottom of the engine: every other module may use these types, they use none of the others but
-//! the credentials they carry.
+//! the credentials and proxies they carry.
 
 use std::time::Duration;
 
 use crate::credentials::DockerConfig;
+use crate::proxy::{ProxyEnvironment, ProxyOptions};
 
 /// How to reach one endpoint (source or destination) of a copy.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +17,8 @@ pub struct EndpointOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Credentials for this endpoint, most specific match first.
     pub credentials: DockerConfig,
+    /// An HTTP proxy for every request of this endpoint; it wins over `EngineSettings::proxy_environment`.
+    pub proxy: Option<ProxyOptions>,
 }
 
 /// Process-wide knobs of the engine.
@@ -34,6 +37,9 @@ pub struct EngineSettings {
     /// Extra PEM CA certificates trusted for every HTTPS registry (does not change the
     /// transport choice of loopback registries).
     pub extra_roots_pem: Option<Vec<u8>>,
+    /// The proxy variables of the environment (`ProxyEnvironment::from_env`), used by endpoints
+    /// without a proxy of their own. The default is none: a front end reads the environment.
+    pub proxy_environment: ProxyEnvironment,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +51,7 @@ impl Default for EngineSettings {
             max_attempts: 5,
             max_retry_after: Duration::from_secs(60),
             extra_roots_pem: None,
+            proxy_environment: ProxyEnvironment::default(),
         }
     }
 }

@@ -115,6 +115,25 @@ pub struct MirrorSource {
     /// allow listing the repository's tags and pulling.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<SecretReference>,
+
+    /// A Secret in this namespace naming an HTTP proxy for this registry (as for a
+    /// BundleCopy): key `address`, optional keys `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<SecretReference>,
+}
+
+impl MirrorSource {
+    /// The BundleCopy endpoint reading `reference` (the repository, or one tag of it) with this
+    /// source's access settings: the one place they are carried over.
+    pub fn endpoint(&self, reference: String) -> Endpoint {
+        Endpoint {
+            reference,
+            insecure: self.insecure,
+            ca_secret_ref: self.ca_secret_ref.clone(),
+            credentials: self.credentials.clone(),
+            proxy_secret_ref: self.proxy_secret_ref.clone(),
+        }
+    }
 }
 
 /// Which tags of the source repository a mirror copies. A tag is chosen when it matches

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::operator::crd::{BundleCopy, BundleCopySpec, Endpoint, condition_types};
+use crate::operator::crd::{BundleCopy, BundleCopySpec, condition_types};
 use crate::operator::duration::parse_duration;
 use bundlecopy_engine::reference::Reference;
 use bundlecopy_engine::tags::TagSelection;
@@ -133,12 +133,9 @@ pub fn child_name(mirror: &str, tag: &str) -> String {
 /// the mirror's access settings, interval, suspend and force.
 pub fn child_spec(spec: &BundleMirrorSpec, tag: &str) -> BundleCopySpec {
     BundleCopySpec {
-        source: Endpoint {
-            reference: format!("{}:{tag}", spec.source.repository),
-            insecure: spec.source.insecure,
-            ca_secret_ref: spec.source.ca_secret_ref.clone(),
-            credentials: spec.source.credentials.clone(),
-        },
+        source: spec
+            .source
+            .endpoint(format!("{}:{tag}", spec.source.repository)),
         destination: spec.destination.clone(),
         force: spec.force,
         // A BundleCopy's interval is at least 1m (its CRD says so); only tests go below.
@@ -397,7 +394,7 @@ fn condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::BundleCopyStatus;
+    use crate::operator::crd::{BundleCopyStatus, Endpoint};
     use crate::operator::mirror::api::{MirrorSource, TagSelector};
     use kube::api::ObjectMeta;
 
@@ -410,12 +407,16 @@ mod tests {
                 credentials: vec![crate::operator::crd::SecretReference {
                     name: "pull".into(),
                 }],
+                proxy_secret_ref: Some(crate::operator::crd::SecretReference {
+                    name: "corp-proxy".into(),
+                }),
             },
             destination: Endpoint {
                 reference: "registry.internal:5000/mirror".into(),
                 insecure: true,
                 ca_secret_ref: None,
                 credentials: vec![],
+                proxy_secret_ref: None,
             },
             tags: TagSelector {
                 semver: Some(">=1.0.0 <2.0.0".into()),
@@ -452,6 +453,14 @@ mod tests {
         let child = child_spec(&spec(), "1.2.0");
         assert_eq!(child.source.reference, "ghcr.io/vendor/app:1.2.0");
         assert_eq!(child.source.credentials[0].name, "pull");
+        assert_eq!(
+            child
+                .source
+                .proxy_secret_ref
+                .as_ref()
+                .map(|r| r.name.as_str()),
+            Some("corp-proxy")
+        );
         assert_eq!(child.destination, spec().destination);
         assert_eq!(child.interval.as_deref(), Some("10m"));
         assert!(child.force && !child.suspend);

@@ -17,7 +17,7 @@ use super::api::{
     TAG_ANNOTATION,
 };
 use super::plan::{self, MirrorState};
-use crate::operator::crd::{BundleCopy, Endpoint};
+use crate::operator::crd::BundleCopy;
 use crate::operator::decide;
 use crate::operator::failure::Failure;
 use crate::operator::secrets;
@@ -287,12 +287,7 @@ async fn list_source_tags(
 ) -> Result<Result<Vec<String>, Failure>, MirrorError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let source = &mirror.spec.source;
-    let endpoint = Endpoint {
-        reference: source.repository.clone(),
-        insecure: source.insecure,
-        ca_secret_ref: source.ca_secret_ref.clone(),
-        credentials: source.credentials.clone(),
-    };
+    let endpoint = source.endpoint(source.repository.clone());
     let options = match secrets::read_one_endpoint(&secrets, &endpoint, "spec.source").await {
         Ok(options) => options,
         Err(secrets::ReadError::Problem(problem)) => {

@@ -5,12 +5,14 @@
 //! controller` binary): `process` (start-up, readiness, SIGTERM), `leader` (leader election
 //! between real controllers), `restart` (a controller killed mid-copy), `stalled` (a registry
 //! that stops answering), `malformed` (objects that do not deserialize), `mirror` (a BundleMirror
-//! and its children) and `scale` (1,000 BundleCopies).
+//! and its children), `proxy` (proxySecretRef through a real forward proxy) and `scale` (1,000
+//! BundleCopies).
 
 mod leader;
 mod malformed;
 mod mirror;
 mod process;
+mod proxy;
 mod reconcile;
 mod restart;
 mod scale;

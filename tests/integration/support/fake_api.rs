@@ -777,7 +777,7 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     /// Starts `bundlecopy controller --namespace NAMESPACE ...` with its log in `dir`
-    /// (`log_name`).
+    /// (`log_name`), at log level `info` unless `extra_args` names one.
     pub fn start(
         kubeconfig: &std::path::Path,
         namespace: &str,
@@ -789,16 +789,22 @@ impl ControllerProcess {
         let log_path = dir.join(log_name);
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(bundlecopy_bin());
+        command.args([
+            "controller",
+            "--namespace",
+            namespace,
+            "--metrics-addr",
+            &metrics_addr,
+        ]);
+        if !extra_args.contains(&"--log-level") {
+            command.args(["--log-level", "info"]);
+        }
+        // Proxy variables of the test's environment would route the fake API server's and the
+        // registries' traffic elsewhere.
+        for variable in super::forward_proxy::PROXY_VARIABLES {
+            command.env_remove(variable);
+        }
         command
-            .args([
-                "controller",
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                &metrics_addr,
-                "--log-level",
-                "info",
-            ])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")

@@ -1,6 +1,6 @@
 //! Test harness: real `docker-registry` processes on loopback, an in-process token server, a
-//! bundle builder that writes cnab-to-oci's exact wire format, closure checks, and a
-//! fault-injecting proxy.
+//! bundle builder that writes cnab-to-oci's exact wire format, closure checks, a
+//! fault-injecting proxy in front of a registry, and a real HTTP forward proxy (squid).
 //!
 //! Every server the harness starts binds 127.0.0.1 only. Child processes die with the test
 //! process (see `process`), so an interrupted run leaves nothing behind.
@@ -36,6 +36,7 @@ pub mod bundle;
 pub mod check;
 pub mod client;
 pub mod fake_api;
+pub mod forward_proxy;
 pub mod frozen_link;
 pub mod process;
 pub mod proxy;

@@ -314,6 +314,9 @@ impl Authenticated {
             .send()
             .await
             .map_err(|e| self.endpoint.classify(&e))?;
+        if let Some(refusal) = self.endpoint.proxy_refusal(&response) {
+            return Err(refusal);
+        }
         let status = response.status();
         if matches!(
             status,

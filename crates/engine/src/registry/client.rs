@@ -7,7 +7,7 @@ use url::Url;
 use super::auth::{Access, Authenticated};
 use super::http::Endpoint;
 use super::retry::RetryPolicy;
-use super::transport::{Transport, build_client, choose_transport};
+use super::transport::{Transport, build_client, choose_transport, proxies_for};
 use crate::error::{CopyError, Side};
 use crate::reference::Reference;
 use crate::settings::{EndpointOptions, EngineSettings};
@@ -30,8 +30,9 @@ impl Registry {
         settings: &EngineSettings,
     ) -> Result<Registry, CopyError> {
         let host = reference.api_host().to_string();
-        let transport = choose_transport(side, &host, endpoint, settings).await?;
-        let http = build_client(side, transport, endpoint, settings)?;
+        let proxies = proxies_for(endpoint, settings);
+        let transport = choose_transport(side, &host, &proxies, endpoint, settings).await?;
+        let http = build_client(side, transport, &proxies, endpoint, settings)?;
         let base = Url::parse(&format!("{}://{host}/", transport.scheme())).map_err(|e| {
             CopyError::InvalidSpec(format!("registry host {host:?} cannot form a URL: {e}"))
         })?;
@@ -46,6 +47,7 @@ impl Registry {
             base,
             transport,
             http,
+            proxies,
             policy: RetryPolicy {
                 max_attempts: settings.max_attempts,
                 max_retry_after: settings.max_retry_after,
@@ -59,8 +61,14 @@ impl Registry {
                 Access::Pull => None,
             },
         };
+        let proxy = registry
+            .endpoint()
+            .proxies
+            .route(&registry.endpoint().base)
+            .map(|route| format!("{} ({})", route.address, route.origin));
         tracing::debug!(side = %side, registry = %registry.name(), transport = transport.describe(),
-            credentials = registry.auth.credential_count(), "connecting");
+            credentials = registry.auth.credential_count(), proxy = proxy.as_deref().unwrap_or("none"),
+            "connecting");
         registry.auth.ping().await?;
         Ok(registry)
     }

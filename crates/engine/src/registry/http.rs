@@ -9,8 +9,9 @@ use url::Url;
 
 use super::response::{error_detail, retry_after};
 use super::retry::RetryPolicy;
-use super::transport::{Transport, classify};
-use crate::error::{CopyError, Side};
+use super::transport::{Transport, classify, proxy_authentication_detail};
+use crate::error::{CopyError, ProxyProblem, Side};
+use crate::proxy::Proxies;
 
 /// One registry origin.
 pub struct Endpoint {
@@ -20,6 +21,8 @@ pub struct Endpoint {
     pub base: Url,
     pub transport: Transport,
     pub http: reqwest::Client,
+    /// The proxies `http` sends through (for messages).
+    pub proxies: Proxies,
     /// The retry policy of single requests.
     pub policy: RetryPolicy,
 }
@@ -58,7 +61,24 @@ impl Endpoint {
 
     /// A failed request in the engine's terms.
     pub fn classify(&self, error: &reqwest::Error) -> CopyError {
-        classify(self.side, &self.name, self.transport, error)
+        classify(self.side, &self.name, self.transport, &self.proxies, error)
+    }
+
+    /// A 407 answer: the proxy a forwarded (plain HTTP) request went through wants other
+    /// credentials. (A tunnelled request's 407 is a connection error, see `classify`.)
+    pub fn proxy_refusal(&self, response: &Response) -> Option<CopyError> {
+        if response.status() != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return None;
+        }
+        let route = self.proxies.route(response.url())?;
+        Some(CopyError::Proxy {
+            side: self.side,
+            registry: self.name.clone(),
+            detail: proxy_authentication_detail(&route),
+            proxy: route.address,
+            origin: route.origin,
+            problem: ProxyProblem::AuthenticationFailed,
+        })
     }
 
     /// Whether `url` is the registry's own origin (the only one credentials are sent to).
@@ -90,6 +110,9 @@ impl Endpoint {
             }
             let wait = match request.send().await {
                 Ok(response) => {
+                    if let Some(refusal) = self.proxy_refusal(&response) {
+                        return Err(refusal);
+                    }
                     let status = response.status();
                     match policy.wait_after_status(attempt, status, retry_after(&response)) {
                         Some(wait) => wait,
@@ -114,8 +137,21 @@ impl Endpoint {
 
     /// Turn an unexpected response into an error, with the registry's own message.
     pub async fn status_error(&self, response: Response, what: &str) -> CopyError {
+        if let Some(refusal) = self.proxy_refusal(&response) {
+            return refusal;
+        }
         let status = response.status();
-        let detail = error_detail(response).await;
+        // A forwarding proxy (plain HTTP) writes its own refusals and gateway errors.
+        let forwarded = response.url().scheme() == "http"
+            && (status == StatusCode::FORBIDDEN || status.is_server_error());
+        let via = match self.proxies.route(response.url()) {
+            Some(route) if forwarded => format!(
+                " (answered through the proxy {}, which may have written this answer itself)",
+                route.address
+            ),
+            _ => String::new(),
+        };
+        let detail = format!("{}{via}", error_detail(response).await);
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 self.auth_error(format!("{what}: access denied ({detail})"))

@@ -3,7 +3,8 @@
 
 use std::error::Error as _;
 
-use crate::error::{CopyError, Side};
+use crate::error::{CopyError, ProxyProblem, Side};
+use crate::proxy::{Proxies, ProxyRoute};
 use crate::reference::is_loopback_host;
 use crate::settings::{EndpointOptions, EngineSettings};
 
@@ -74,6 +75,8 @@ struct ClientKey {
     extra_roots_pem: Option<Vec<u8>>,
     connect_timeout: std::time::Duration,
     io_timeout: std::time::Duration,
+    /// Proxy credentials are part of the key: clients with different ones are different.
+    proxies: Proxies,
 }
 
 /// Built clients, shared by every copy in the process: building one loads and parses the system
@@ -85,11 +88,18 @@ static CLIENTS: std::sync::OnceLock<
 /// Distinct client configurations kept; more (many resources with their own CA) start over.
 const MAX_CACHED_CLIENTS: usize = 64;
 
-/// The HTTP client for one transport. Redirects are never followed automatically, so
-/// credentials cannot leak to another host.
+/// The proxies an endpoint's requests go through: its own, else the environment's.
+pub fn proxies_for(endpoint: &EndpointOptions, settings: &EngineSettings) -> Proxies {
+    Proxies::choose(endpoint.proxy.as_ref(), &settings.proxy_environment)
+}
+
+/// The HTTP client for one transport, using exactly `proxies` (never reqwest's own reading of
+/// the environment). Redirects are never followed automatically, so credentials cannot leak to
+/// another host.
 pub fn build_client(
     side: Side,
     transport: Transport,
+    proxies: &Proxies,
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
 ) -> Result<reqwest::Client, CopyError> {
@@ -100,6 +110,7 @@ pub fn build_client(
         extra_roots_pem: settings.extra_roots_pem.clone().filter(|_| verify),
         connect_timeout: settings.connect_timeout,
         io_timeout: settings.io_timeout,
+        proxies: proxies.clone(),
     };
     let cache = CLIENTS.get_or_init(Default::default);
     if let Some(client) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -127,12 +138,16 @@ pub fn build_client(
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
     }
-    let client = builder.build().map_err(|e| CopyError::Registry {
+    let cannot_build = |e: reqwest::Error| CopyError::Registry {
         side,
         registry: String::new(),
         status: None,
         detail: format!("cannot build an HTTP client: {}", error_chain(&e)),
-    })?;
+    };
+    let client = proxies
+        .apply(builder)
+        .and_then(reqwest::ClientBuilder::build)
+        .map_err(cannot_build)?;
     let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
     if cached.len() >= MAX_CACHED_CLIENTS {
         cached.clear();
@@ -142,23 +157,29 @@ pub fn build_client(
 }
 
 /// Pick the transport for an endpoint (docs/architecture.md, "One copy", step 2). `insecure` probes
-/// `https://host/v2/` without verification: any HTTP answer means HTTPS, a failure means HTTP.
+/// `https://host/v2/` without verification: any HTTP answer means HTTPS, a failure means HTTP
+/// (but a failure at the proxy is reported as such, not taken for an answer about the registry).
 pub async fn choose_transport(
     side: Side,
     host: &str,
+    proxies: &Proxies,
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
 ) -> Result<Transport, CopyError> {
     if endpoint.insecure {
-        let client = build_client(side, Transport::Https { verify: false }, endpoint, settings)?;
+        let transport = Transport::Https { verify: false };
+        let client = build_client(side, transport, proxies, endpoint, settings)?;
         let probe = client
             .get(format!("https://{host}/v2/"))
             .timeout(settings.connect_timeout)
             .send()
             .await;
         return Ok(match probe {
-            Ok(_) => Transport::Https { verify: false },
+            Ok(_) => transport,
             Err(e) => {
+                if let Some(failure) = proxy_failure(side, host, proxies, &e) {
+                    return Err(failure);
+                }
                 tracing::debug!(%host, error = %error_chain(&e), "HTTPS probe failed; using plain HTTP");
                 Transport::PlainHttp
             }
@@ -210,8 +231,83 @@ fn find_source<T: std::error::Error + 'static>(e: &reqwest::Error) -> Option<&T>
     None
 }
 
+/// A failure at the proxy a request went through, if that is what `e` is. A tunnelled (HTTPS)
+/// request fails at the proxy when the CONNECT does (hyper-util's tunnel errors, matched by
+/// their stable text: the type is private); a forwarded (plain HTTP) one when the connection
+/// to the proxy does.
+fn proxy_failure(
+    side: Side,
+    registry: &str,
+    proxies: &Proxies,
+    e: &reqwest::Error,
+) -> Option<CopyError> {
+    let url = e.url()?;
+    let route = proxies.route(url)?;
+    let chain = error_chain(e);
+    let tunnelled = url.scheme() == "https";
+    let (problem, detail) = if chain.contains("proxy authorization required") {
+        (
+            ProxyProblem::AuthenticationFailed,
+            proxy_authentication_detail(&route),
+        )
+    } else if chain.contains("tunnel error: unsuccessful")
+        || chain.contains("proxy response headers too long")
+    {
+        let target = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(443)
+        );
+        (
+            ProxyProblem::TunnelRefused,
+            format!(
+                "refused to open a tunnel (CONNECT) to {target}: the proxy answered with an error status"
+            ),
+        )
+    } else if chain.contains("tunnel error") || (e.is_connect() && (!tunnelled || e.is_timeout())) {
+        let detail = if e.is_timeout() {
+            format!("timed out connecting through it: {chain}")
+        } else {
+            chain
+        };
+        (
+            ProxyProblem::Unreachable,
+            format!("is unreachable: {detail}"),
+        )
+    } else {
+        return None;
+    };
+    Some(CopyError::Proxy {
+        side,
+        registry: registry.to_string(),
+        proxy: route.address,
+        origin: route.origin,
+        problem,
+        detail,
+    })
+}
+
+/// What a 407 from the proxy means, depending on whether credentials were sent.
+pub fn proxy_authentication_detail(route: &ProxyRoute) -> String {
+    if route.has_credentials {
+        "refused the proxy user name and password (407 Proxy Authentication Required)".to_string()
+    } else {
+        "requires a user name and password (407 Proxy Authentication Required), and none were given"
+            .to_string()
+    }
+}
+
 /// Translate a failed request into the engine's error taxonomy.
-pub fn classify(side: Side, registry: &str, transport: Transport, e: &reqwest::Error) -> CopyError {
+pub fn classify(
+    side: Side,
+    registry: &str,
+    transport: Transport,
+    proxies: &Proxies,
+    e: &reqwest::Error,
+) -> CopyError {
+    if let Some(failure) = proxy_failure(side, registry, proxies, e) {
+        return failure;
+    }
     let registry = registry.to_string();
     if let Some(tls) = find_source::<rustls::Error>(e) {
         let detail = match tls {
