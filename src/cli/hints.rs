@@ -75,10 +75,17 @@ pub fn with_hint(e: &CopyError) -> String {
         ),
         None => String::new(),
     };
-    if hint.is_empty() || e.to_string().contains(&hint) {
+    let message = if hint.is_empty() || e.to_string().contains(&hint) {
         e.to_string()
     } else {
         format!("{e}; {hint}")
+    };
+    if e.concerns_referrers() {
+        format!(
+            "{message}; or copy the bundle without its signatures and attestations with --referrers none"
+        )
+    } else {
+        message
     }
 }
 
@@ -104,6 +111,19 @@ mod tests {
             existing: "sha256:1".into(),
         };
         assert!(with_hint(&e).contains("--force"));
+        let e = CopyError::Registry {
+            side: Side::Source,
+            registry: "r:1".into(),
+            status: Some(500),
+            detail: "broken".into(),
+        }
+        .for_referrer(|| "reading referrer sha256:1".into());
+        let text = with_hint(&e);
+        assert!(
+            text.starts_with("reading referrer sha256:1: source registry r:1")
+                && text.ends_with("--referrers none"),
+            "{text}"
+        );
     }
 
     #[test]

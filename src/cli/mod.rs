@@ -11,7 +11,8 @@ use bundlecopy_engine::credentials::DockerConfig;
 use bundlecopy_engine::tags::{TagFilter, tag_version};
 use bundlecopy_engine::{
     CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress,
-    ProgressSnapshot, ProxyEnvironment, ProxyOptions, copy_bundle, inspect_bundle, list_tags,
+    ProgressSnapshot, ProxyEnvironment, ProxyOptions, Referrer, ReferrerSelection, copy_bundle,
+    inspect_bundle, list_tags,
 };
 
 mod hints;
@@ -96,6 +97,38 @@ impl OneRegistryArgs {
     }
 }
 
+/// Whether the bundle's referrers travel with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ReferrersMode {
+    /// Every signature, attestation and SBOM (or those of `--referrer-type`)
+    #[default]
+    All,
+    /// None: the bundle alone
+    None,
+}
+
+/// Which signatures, attestations and SBOMs (OCI referrers and cosign's tags) go with the bundle.
+#[derive(Debug, Clone, Args)]
+pub struct ReferrerArgs {
+    /// Signatures, attestations and SBOMs of the bundle's manifests (OCI 1.1 referrers, the
+    /// `sha256-<hex>` tag schema, cosign's `.sig`/`.att`/`.sbom` tags): `all` or `none`
+    #[arg(long, value_enum, value_name = "all|none", default_value_t = ReferrersMode::All)]
+    pub referrers: ReferrersMode,
+
+    /// Only referrers of this artifact type, e.g. application/vnd.cncf.notary.signature (repeatable)
+    #[arg(long = "referrer-type", value_name = "TYPE")]
+    pub referrer_types: Vec<String>,
+}
+
+impl ReferrerArgs {
+    pub fn selection(&self) -> ReferrerSelection {
+        ReferrerSelection {
+            copy: self.referrers == ReferrersMode::All,
+            artifact_types: self.referrer_types.clone(),
+        }
+    }
+}
+
 /// `bundlecopy copy`: the equivalent of `porter copy`.
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
@@ -146,6 +179,9 @@ pub struct CopyArgs {
     pub concurrency: usize,
 
     #[command(flatten)]
+    pub referrers: ReferrerArgs,
+
+    #[command(flatten)]
     pub connection: ConnectionArgs,
 }
 
@@ -155,6 +191,9 @@ pub struct InspectArgs {
     /// The bundle to inspect, by tag or digest
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
+
+    #[command(flatten)]
+    pub referrers: ReferrerArgs,
 
     #[command(flatten)]
     pub registry: OneRegistryArgs,
@@ -287,6 +326,7 @@ pub fn copy_request(args: &CopyArgs) -> Result<CopyRequest, CliError> {
             proxy: parse_proxy("--destination-proxy", args.destination_proxy.as_deref())?,
         },
         force: args.force,
+        referrers: args.referrers.selection(),
         settings: settings(&args.connection, args.concurrency)?,
     })
 }
@@ -309,16 +349,20 @@ fn print_outcome(
 ) -> Result<(), CliError> {
     let p = outcome.progress;
     let mut stderr = std::io::stderr();
+    let referrers = match outcome.referrers.as_ref().map_or(0, Vec::len) {
+        0 => String::new(),
+        n => format!(" and {n} signatures/attestations"),
+    };
     if outcome.up_to_date {
         let _ = writeln!(
             stderr,
-            "{} already holds this bundle: nothing to copy",
+            "{} already holds this bundle{referrers}: nothing else to copy",
             outcome.destination
         );
     } else {
         let _ = writeln!(
             stderr,
-            "Copied {} {} in {:.1}s: {} blobs ({} copied, {} mounted, {} skipped), {} moved, {} manifests",
+            "Copied {} {} in {:.1}s: {} blobs ({} copied, {} mounted, {} skipped), {} moved, {} manifests{referrers}",
             display_name(&outcome.bundle.name),
             outcome.bundle.version,
             elapsed.as_secs_f64(),
@@ -347,6 +391,23 @@ fn print_outcome(
     })
 }
 
+/// One referrer on one line: what it is, which digest it refers to, how it was found.
+fn referrer_line(referrer: &Referrer) -> String {
+    let found = match &referrer.tag {
+        Some(tag) => format!("{} {tag}", referrer.found_by.as_str()),
+        None => referrer.found_by.as_str().to_string(),
+    };
+    let artifact_type = if referrer.artifact_type.is_empty() {
+        "(no artifact type)"
+    } else {
+        &referrer.artifact_type
+    };
+    format!(
+        "{}  {artifact_type}  of {}  ({found})",
+        referrer.digest, referrer.subject
+    )
+}
+
 fn display_name(name: &str) -> &str {
     if name.is_empty() { "bundle" } else { name }
 }
@@ -361,6 +422,7 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
         &args.reference,
         &endpoint,
         &settings(&args.registry.connection, 8)?,
+        &args.referrers.selection(),
     )
     .await?;
     let mut out = String::new();
@@ -393,6 +455,10 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
             let _ = writeln!(out, "Relocation map:");
             for (image, relocated) in &report.relocation_map {
                 let _ = writeln!(out, "  {image} -> {relocated}");
+            }
+            let _ = writeln!(out, "Referrers:  {}", report.referrers.len());
+            for referrer in &report.referrers {
+                let _ = writeln!(out, "  {}", referrer_line(referrer));
             }
         }
     }

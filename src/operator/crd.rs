@@ -107,6 +107,45 @@ pub struct BundleCopySpec {
     /// contacts no registry until this is false again.
     #[serde(default)]
     pub suspend: bool,
+
+    /// Whether the bundle's signatures, attestations and SBOMs travel with it: `All` (the
+    /// default) copies every referrer of every manifest of the bundle — found through the OCI
+    /// referrers API, the `sha256-<hex>` tag schema or cosign's `.sig`, `.att` and `.sbom` tags —
+    /// and their own referrers; `None` copies the bundle alone. With `interval`, referrers added
+    /// at the source later are copied at the next check.
+    #[serde(default, skip_serializing_if = "Referrers::is_all")]
+    pub referrers: Referrers,
+
+    /// With `referrers: All`, copy only referrers of these artifact types (e.g.
+    /// `application/vnd.cncf.notary.signature`); a referrer left out takes its own referrers
+    /// with it. Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 255)))]
+    pub artifact_types: Vec<String>,
+}
+
+/// Which referrers (signatures, attestations, SBOMs) travel with the bundle.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Referrers {
+    /// Every referrer, or those of `artifactTypes`.
+    #[default]
+    All,
+    /// None: the bundle alone.
+    None,
+}
+
+impl Referrers {
+    pub fn is_all(&self) -> bool {
+        *self == Referrers::All
+    }
+
+    /// What the engine is asked to copy.
+    pub fn selection(self, artifact_types: &[String]) -> bundlecopy_engine::ReferrerSelection {
+        bundlecopy_engine::ReferrerSelection {
+            copy: self == Referrers::All,
+            artifact_types: artifact_types.to_vec(),
+        }
+    }
 }
 
 /// One side of a copy: a registry reference and how to reach it.
@@ -209,6 +248,10 @@ pub struct BundleCopyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<RelocatedImage>,
 
+    /// The signatures, attestations and SBOMs copied with the bundle (with `referrers: All`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<ReferrersStatus>,
+
     /// Blob counts of the running or last copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<CopyProgress>,
@@ -236,6 +279,34 @@ pub struct RelocatedImage {
     pub image: String,
     /// Where the image now lives: `destination-repository@digest`.
     pub relocated: String,
+}
+
+/// The referrers the destination holds with the bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ReferrersStatus {
+    /// How many there are.
+    pub count: i64,
+    /// Each of them (the first 100, by subject and digest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ReferrerItem>,
+}
+
+/// One signature, attestation or SBOM copied with the bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerItem {
+    /// The digest it refers to: a manifest of the bundle, or another referrer.
+    pub subject: String,
+    /// Its own digest.
+    pub digest: String,
+    /// What it is, e.g. `application/vnd.cncf.notary.signature`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact_type: String,
+    /// How it was found at the source: `ReferrersAPI`, `TagSchema` or `CosignTag`.
+    pub found_by: String,
+    /// cosign's tag, for those found by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// Blob counts of a copy.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::crd::{BundleCopyStatus, condition_types};
+use super::crd::{BundleCopyStatus, ReferrersStatus, condition_types};
 use bundlecopy_engine::{CopyError, ErrorKind};
 
 /// First wait after a transient failure; doubles with each further failure.
@@ -29,6 +29,8 @@ pub enum CopyCause {
     DestinationChanged,
     /// The source tag now resolves to a different digest (or to nothing).
     SourceMoved,
+    /// The source holds signatures, attestations or SBOMs that were not copied.
+    NewReferrers,
 }
 
 impl CopyCause {
@@ -39,6 +41,9 @@ impl CopyCause {
             CopyCause::NewDestination => "the destination changed",
             CopyCause::DestinationChanged => "the destination no longer holds the copied bundle",
             CopyCause::SourceMoved => "the source tag moved",
+            CopyCause::NewReferrers => {
+                "the source has signatures, attestations or SBOMs that were not copied"
+            }
         }
     }
 }
@@ -108,14 +113,25 @@ pub fn after_verify(
     }
 }
 
-/// Whether the source tag should be re-resolved now: only with an interval, only for a tag (a
-/// digest never moves), and only once `interval` has passed since the last resolution.
+/// After an up-to-date verdict with the source re-resolved: the referrers at the source now
+/// (as the status would list them) against those the status lists.
+pub fn after_referrer_check(status: &BundleCopyStatus, at_source: &ReferrersStatus) -> Verdict {
+    if status.referrers.as_ref() == Some(at_source) {
+        Verdict::UpToDate
+    } else {
+        Verdict::Copy(CopyCause::NewReferrers)
+    }
+}
+
+/// Whether the source should be checked again now: only with an interval, only when something
+/// there can change (`fixed`: a digest whose referrers are not copied never does), and only once
+/// `interval` has passed since the last check.
 pub fn source_check_due(
     interval: Option<Duration>,
-    source_is_digest: bool,
+    fixed: bool,
     since_last_check: Option<Duration>,
 ) -> bool {
-    match (interval, source_is_digest) {
+    match (interval, fixed) {
         (Some(interval), false) => since_last_check.is_none_or(|elapsed| elapsed >= interval),
         _ => false,
     }
@@ -289,6 +305,40 @@ mod tests {
         assert_eq!(
             after_verify(&status, Some("sha256:ccc"), Some(Some("sha256:aaa"))),
             Verdict::Copy(CopyCause::DestinationChanged)
+        );
+    }
+
+    #[test]
+    fn referrers_not_in_the_status_make_a_copy() {
+        use crate::operator::crd::ReferrerItem;
+        let item = |digest: &str| ReferrerItem {
+            subject: "sha256:aaa".into(),
+            digest: digest.into(),
+            artifact_type: "application/spdx+json".into(),
+            found_by: "TagSchema".into(),
+            tag: None,
+        };
+        let one = ReferrersStatus {
+            count: 1,
+            items: vec![item("sha256:1")],
+        };
+        let two = ReferrersStatus {
+            count: 2,
+            items: vec![item("sha256:1"), item("sha256:2")],
+        };
+        let status = BundleCopyStatus {
+            referrers: Some(one.clone()),
+            ..copied(2)
+        };
+        assert_eq!(after_referrer_check(&status, &one), Verdict::UpToDate);
+        assert_eq!(
+            after_referrer_check(&status, &two),
+            Verdict::Copy(CopyCause::NewReferrers)
+        );
+        assert_eq!(
+            after_referrer_check(&copied(2), &ReferrersStatus::default()),
+            Verdict::Copy(CopyCause::NewReferrers),
+            "a status from before referrers were copied"
         );
     }
 

@@ -29,10 +29,16 @@ impl Failure {
     /// The engine's error with its remedy phrased in this resource's fields, naming the
     /// credential Secrets of `spec` when they were refused.
     pub fn from_copy_error_in(error: &CopyError, spec: Option<&BundleCopySpec>) -> Self {
-        let hint = error
+        let mut hint = error
             .remedy()
             .and_then(|remedy| phrase(&remedy, spec))
             .unwrap_or_default();
+        if error.concerns_referrers() {
+            hint.push_str(
+                "; or set spec.referrers: None to copy the bundle without its signatures and \
+                 attestations",
+            );
+        }
         Failure {
             reason: error.kind().into(),
             message: format!("{error}{hint}"),

@@ -26,7 +26,7 @@ use super::validate::{ValidSpec, validate};
 use bundlecopy_engine::reference::Reference;
 use bundlecopy_engine::{
     CopyError, CopyOutcome, CopyRequest, EndpointOptions, Progress, Side, copy_bundle,
-    resolve_digest,
+    list_referrers, resolve_digest,
 };
 
 /// Event reasons (shown by `kubectl describe`).
@@ -232,8 +232,9 @@ impl Run {
         destination: &EndpointOptions,
     ) -> Result<CopyCause, Stop> {
         let since_source_check = self.since_source_check();
-        let check_due =
-            decide::source_check_due(valid.interval, valid.source_is_digest, since_source_check);
+        // A digest never moves, but its signatures may be added to.
+        let fixed = valid.source_is_digest && !spec.referrers.is_all();
+        let check_due = decide::source_check_due(valid.interval, fixed, since_source_check);
         let recheck_source = match decide::plan(
             self.generation,
             &self.current,
@@ -306,11 +307,24 @@ impl Run {
         } else {
             None
         };
-        let verdict = decide::after_verify(
+        let mut verdict = decide::after_verify(
             &self.current,
             at_destination.as_deref(),
             at_source.as_ref().map(Option::as_deref),
         );
+        if recheck_source && verdict == Verdict::UpToDate && spec.referrers.is_all() {
+            // The bundle did not move; signatures or SBOMs may have been added to it.
+            let found = list_referrers(
+                &spec.source.reference,
+                source_endpoint,
+                Side::Source,
+                settings,
+                &spec.referrers.selection(&spec.artifact_types),
+            )
+            .await?;
+            verdict =
+                decide::after_referrer_check(&self.current, &status::referrers_status(&found));
+        }
         tracing::debug!(
             ?verdict,
             ?at_destination,
@@ -358,6 +372,7 @@ impl Run {
             // A moved source tag is only acted on after a HEAD showed the destination still holds
             // our own last copy: replacing it is what `interval` asks for, not a clobber.
             force: spec.force || cause == CopyCause::SourceMoved,
+            referrers: spec.referrers.selection(&spec.artifact_types),
             settings: self.ctx.engine.clone(),
         };
         let progress = Progress::default();
@@ -450,15 +465,18 @@ impl Run {
         let p = &outcome.progress;
         let note = if outcome.up_to_date {
             format!(
-                "{} already holds {}",
-                outcome.destination, outcome.destination_digest
+                "{} already holds {}{}",
+                outcome.destination,
+                outcome.destination_digest,
+                status::referrers_note(outcome)
             )
         } else {
             format!(
-                "copied {} to {} ({}): {} blobs copied, {} mounted, {} already present, {} bytes",
+                "copied {} to {} ({}){}: {} blobs copied, {} mounted, {} already present, {} bytes",
                 outcome.source,
                 outcome.destination,
                 outcome.destination_digest,
+                status::referrers_note(outcome),
                 p.copied,
                 p.mounted,
                 p.skipped,

@@ -4,9 +4,15 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use super::crd::{BundleCopyStatus, BundleIdentity, CopyProgress, RelocatedImage, condition_types};
+use super::crd::{
+    BundleCopyStatus, BundleIdentity, CopyProgress, ReferrerItem, ReferrersStatus, RelocatedImage,
+    condition_types,
+};
 use super::reason::Reason;
-use bundlecopy_engine::CopyOutcome;
+use bundlecopy_engine::{CopyOutcome, Referrer};
+
+/// Referrers listed one by one in the status; beyond this only the count says how many.
+pub const MAX_STATUS_REFERRERS: usize = 100;
 
 /// Reason of Reconciling (True) and Stalled (False) while a copy runs.
 pub const REASON_COPYING: &str = "Copying";
@@ -194,18 +200,48 @@ impl Conditions {
 
 /// Ready's reason and message after a copy.
 fn copied_message(outcome: &CopyOutcome) -> (Reason, String) {
+    let referrers = referrers_note(outcome);
     if outcome.up_to_date {
         let message = format!(
-            "{} already holds {} from {}",
+            "{} already holds {} from {}{referrers}",
             outcome.destination, outcome.destination_digest, outcome.source
         );
         (Reason::UpToDate, message)
     } else {
         let message = format!(
-            "copied {} to {} ({})",
+            "copied {} to {} ({}){referrers}",
             outcome.source, outcome.destination, outcome.destination_digest
         );
         (Reason::Copied, message)
+    }
+}
+
+/// " and N signatures/attestations", when the copy carried any.
+pub fn referrers_note(outcome: &CopyOutcome) -> String {
+    match outcome.referrers.as_ref().map_or(0, Vec::len) {
+        0 => String::new(),
+        n => format!(" and {n} signatures/attestations"),
+    }
+}
+
+/// The status's account of referrers: the count, and the first `MAX_STATUS_REFERRERS` by
+/// subject and digest (so the same referrers always give the same status).
+pub fn referrers_status(found: &[Referrer]) -> ReferrersStatus {
+    let mut sorted: Vec<&Referrer> = found.iter().collect();
+    sorted.sort();
+    ReferrersStatus {
+        count: i64::try_from(found.len()).unwrap_or(i64::MAX),
+        items: sorted
+            .into_iter()
+            .take(MAX_STATUS_REFERRERS)
+            .map(|r| ReferrerItem {
+                subject: r.subject.clone(),
+                digest: r.digest.clone(),
+                artifact_type: r.artifact_type.clone(),
+                found_by: r.found_by.as_str().to_string(),
+                tag: r.tag.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -233,6 +269,7 @@ fn record_facts(next: &mut BundleCopyStatus, phase: Phase<'_>, now: &Time) {
                     relocated: image.relocated.clone(),
                 })
                 .collect();
+            next.referrers = outcome.referrers.as_deref().map(referrers_status);
             next.progress = Some(outcome.progress.into());
             next.last_copy_time = Some(now.clone());
         }
@@ -335,6 +372,7 @@ mod tests {
                 digest: "sha256:feed".into(),
             }],
             relocation_map: BTreeMap::new(),
+            referrers: None,
             progress: ProgressSnapshot {
                 blobs: 3,
                 copied: 2,
@@ -344,6 +382,59 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    fn referrer(subject: &str, digest: &str) -> Referrer {
+        Referrer {
+            subject: subject.into(),
+            digest: digest.into(),
+            artifact_type: "application/vnd.cncf.notary.signature".into(),
+            found_by: bundlecopy_engine::FoundBy::TagSchema,
+            tag: None,
+        }
+    }
+
+    #[test]
+    fn referrers_are_counted_listed_in_order_and_named_in_ready() {
+        let mut copied = outcome(false);
+        copied.referrers = Some(vec![
+            referrer("sha256:b", "sha256:2"),
+            referrer("sha256:a", "sha256:9"),
+        ]);
+        let status = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Copied { outcome: &copied },
+            at(0),
+        );
+        let referrers = status.referrers.clone().unwrap();
+        assert_eq!(referrers.count, 2);
+        let digests: Vec<&str> = referrers.items.iter().map(|i| i.digest.as_str()).collect();
+        assert_eq!(digests, ["sha256:9", "sha256:2"], "by subject, then digest");
+        assert_eq!(referrers.items[0].found_by, "TagSchema");
+        let ready = find(&status, "Ready");
+        assert!(
+            ready.message.ends_with("and 2 signatures/attestations"),
+            "{}",
+            ready.message
+        );
+        let many: Vec<Referrer> = (0..MAX_STATUS_REFERRERS + 5)
+            .map(|n| referrer("sha256:a", &format!("sha256:{n:04}")))
+            .collect();
+        let listed = referrers_status(&many);
+        assert_eq!(listed.count, (MAX_STATUS_REFERRERS + 5) as i64);
+        assert_eq!(listed.items.len(), MAX_STATUS_REFERRERS);
+        let without = next_status(
+            &Default::default(),
+            1,
+            Some(DEST),
+            Phase::Copied {
+                outcome: &outcome(false),
+            },
+            at(0),
+        );
+        assert_eq!(without.referrers, None, "none asked for: none reported");
     }
 
     fn find<'a>(status: &'a BundleCopyStatus, type_: &str) -> &'a Condition {

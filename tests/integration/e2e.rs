@@ -424,14 +424,25 @@ async fn e2e_examples_on_a_real_cluster() {
     .catch_unwind()
     .await;
 
-    // Clean up whatever happened: the controller first (it would react to the deletion), then
-    // the namespace with everything in it. The CRD stays: other resources may use it.
+    finish_with_one_controller(&client, &namespace, controller, outcome).await;
+}
+
+/// Clean up whatever happened: the controller first (it would react to the deletion), then the
+/// namespace with everything in it (the CRD stays: other resources may use it); then a failure
+/// of `outcome` is raised again after the controller's log, and the controller must have exited
+/// cleanly on SIGTERM.
+async fn finish_with_one_controller(
+    client: &Client,
+    namespace: &str,
+    mut controller: Option<ControllerProcess>,
+    outcome: std::thread::Result<()>,
+) {
     let graceful = match controller.as_mut() {
         Some(controller) => controller.stop().await,
         None => false,
     };
     if let Err(error) = Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::background())
+        .delete(namespace, &DeleteParams::background())
         .await
     {
         eprintln!("could not delete namespace {namespace}: {error}");
@@ -1580,12 +1591,9 @@ enum LeaderScenario {
     Freeze,
 }
 
-/// Pushes a bundle, makes a namespace and runs `scenario` with two operators there, cleaning up
-/// (namespace, processes, the release's RBAC) whatever the outcome.
-async fn run_two_operators(scenario: LeaderScenario) {
-    let Some((_one_at_a_time, client)) = cluster().await else {
-        return;
-    };
+/// A plain-HTTP source holding the hello bundle at `SOURCE_REPO:v1`, and a plain-HTTP
+/// destination.
+async fn plain_registries_with_hello() -> (TestRegistry, TestRegistry, PushedBundle) {
     let (source, destination) = tokio::join!(
         TestRegistry::start(RegistryKind::Plain),
         TestRegistry::start(RegistryKind::Plain)
@@ -1597,6 +1605,16 @@ async fn run_two_operators(scenario: LeaderScenario) {
         &BundleSpec::new("hello", "0.1.0"),
     )
     .await;
+    (source, destination, pushed)
+}
+
+/// Pushes a bundle, makes a namespace and runs `scenario` with two operators there, cleaning up
+/// (namespace, processes, the release's RBAC) whatever the outcome.
+async fn run_two_operators(scenario: LeaderScenario) {
+    let Some((_one_at_a_time, client)) = cluster().await else {
+        return;
+    };
+    let (source, destination, pushed) = plain_registries_with_hello().await;
     apply_crd(&client).await;
     let namespace = unique_namespace();
     create_namespace(&client, &namespace).await;
@@ -1650,6 +1668,98 @@ fn plain_http_copy(namespace: &str, name: &str, source: &str, destination: &str)
             "destination": {"reference": destination, "insecure": true},
         },
     })
+}
+
+/// One signed bundle on a real cluster: a Notation-style signature of the bundle index, kept
+/// with the referrers tag schema, arrives with the bundle; the BundleCopy's status counts and
+/// lists it, Ready says so, and the Copied Event too.
+/// A cluster test: run by `e2e::cluster::e2e_signed_bundle_on_a_real_cluster` when KUBECONFIG
+/// is set.
+async fn e2e_signed_bundle_on_a_real_cluster() {
+    use crate::support::referrers::{
+        Subject, add_to_tag_index, push_notation_signature, tag_index_digests,
+    };
+    let Some((_one_at_a_time, client)) = cluster().await else {
+        return;
+    };
+    let (source, destination, pushed) = plain_registries_with_hello().await;
+    let index = Subject::new(
+        &pushed.index_media_type,
+        &pushed.index_digest,
+        &pushed.index_bytes,
+    );
+    let signature = push_notation_signature(&source.client(), SOURCE_REPO, &index, "release").await;
+    add_to_tag_index(
+        &source.client(),
+        SOURCE_REPO,
+        &pushed.index_digest,
+        &[&signature],
+    )
+    .await;
+    apply_crd(&client).await;
+    let namespace = unique_namespace();
+    create_namespace(&client, &namespace).await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut controller: Option<ControllerProcess> = None;
+    let outcome = AssertUnwindSafe(async {
+        let started = controller.insert(ControllerProcess::start(&namespace, log_dir.path()));
+        started.wait_ready().await;
+        let name = "hello-signed";
+        let document = plain_http_copy(
+            &namespace,
+            name,
+            &pushed.reference,
+            &format!("{}/signed", destination.host()),
+        );
+        apply_all(&client, &namespace, &[document]).await;
+        let api: Api<BundleCopy> = Api::namespaced(client.clone(), &namespace);
+        let copied = wait_for_status(&api, name, "Ready", READY_TIMEOUT, |status| {
+            ready_reason(status).is_some_and(|(ready, _)| ready == "True")
+        })
+        .await;
+        let status = copied.status.unwrap();
+        let referrers = status.referrers.clone().expect("status.referrers");
+        assert_eq!(referrers.count, 1, "{status:?}");
+        assert_eq!(referrers.items[0].digest, signature.digest);
+        assert_eq!(referrers.items[0].found_by, "TagSchema");
+        let ready = status.condition("Ready").unwrap();
+        assert!(
+            ready.message.ends_with("and 1 signatures/attestations"),
+            "{}",
+            ready.message
+        );
+        let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        let copied_events = wait_for_event_reasons(&events, name, &["Copied"]).await;
+        assert!(
+            copied_events.iter().any(|event| event
+                .note
+                .as_deref()
+                .is_some_and(|note| note.contains("and 1 signatures/attestations"))),
+            "{copied_events:?}"
+        );
+        assert_bundle_copied(
+            &source,
+            SOURCE_REPO,
+            &destination,
+            "signed/hello",
+            "v1",
+            &pushed.index_digest,
+        )
+        .await;
+        let (bytes, _, _) = destination
+            .client()
+            .get_manifest("signed/hello", &signature.digest)
+            .await
+            .expect("the signature is at the destination");
+        assert_eq!(bytes, signature.bytes);
+        assert_eq!(
+            tag_index_digests(&destination.client(), "signed/hello", &pushed.index_digest).await,
+            [signature.digest.as_str()]
+        );
+    })
+    .catch_unwind()
+    .await;
+    finish_with_one_controller(&client, &namespace, controller, outcome).await;
 }
 
 /// Two operators started by `elect_one_of_two`: which one leads.
@@ -2215,5 +2325,10 @@ mod cluster {
     #[tokio::test]
     async fn e2e_mirror_on_a_real_cluster() {
         super::e2e_mirror_on_a_real_cluster().await;
+    }
+
+    #[tokio::test]
+    async fn e2e_signed_bundle_on_a_real_cluster() {
+        super::e2e_signed_bundle_on_a_real_cluster().await;
     }
 }

@@ -75,6 +75,7 @@ pub(crate) fn copy_request(
         source_endpoint,
         destination_endpoint,
         force: false,
+        referrers: Default::default(),
         settings,
     }
 }

@@ -14,5 +14,7 @@ mod e2e;
 mod faults;
 mod harness_smoke;
 mod proxies;
+mod referrers;
 mod security;
+mod signed;
 mod tags;

@@ -208,6 +208,12 @@ pub enum CopyError {
         status: Option<u16>,
         detail: String,
     },
+
+    /// A referrer (signature, attestation, SBOM) of the bundle could not be read or written. Its
+    /// kind, side and remedy are the cause's; front ends add that the bundle can be copied
+    /// without its referrers (`CopyError::concerns_referrers`).
+    #[error("{what}: {cause}")]
+    Referrer { what: String, cause: Box<CopyError> },
 }
 
 fn retry_hint(retry_after: Option<Duration>) -> String {
@@ -237,6 +243,24 @@ impl CopyError {
                 ProxyProblem::Unreachable => ErrorKind::ProxyUnreachable,
                 ProxyProblem::TunnelRefused => ErrorKind::ProxyRefused,
                 ProxyProblem::AuthenticationFailed => ErrorKind::ProxyAuthenticationFailed,
+            },
+            CopyError::Referrer { cause, .. } => cause.kind(),
+        }
+    }
+
+    /// Whether the failure concerns the bundle's referrers (signatures, attestations, SBOMs):
+    /// the bundle itself could be copied without them.
+    pub fn concerns_referrers(&self) -> bool {
+        matches!(self, CopyError::Referrer { .. })
+    }
+
+    /// This error as the failure of a referrer (`what` says which), unless it already is one.
+    pub fn for_referrer(self, what: impl FnOnce() -> String) -> CopyError {
+        match self {
+            referrer @ CopyError::Referrer { .. } => referrer,
+            cause => CopyError::Referrer {
+                what: what(),
+                cause: Box::new(cause),
             },
         }
     }
@@ -270,6 +294,7 @@ impl CopyError {
                     }
                 }
             }
+            CopyError::Referrer { cause, .. } => return cause.remedy(),
             _ => return None,
         })
     }
@@ -288,6 +313,7 @@ impl CopyError {
             CopyError::SourceNotFound { .. } | CopyError::NotABundle { .. } => Some(Side::Source),
             CopyError::DestinationExists { .. } => Some(Side::Destination),
             CopyError::InvalidSpec(_) | CopyError::InvalidCredentials(_) => None,
+            CopyError::Referrer { cause, .. } => cause.side(),
         }
     }
 
@@ -295,6 +321,7 @@ impl CopyError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             CopyError::RateLimited { retry_after, .. } => *retry_after,
+            CopyError::Referrer { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
@@ -302,6 +329,7 @@ impl CopyError {
     pub fn is_transient(&self) -> bool {
         match self {
             CopyError::Registry { status, .. } => status.is_none_or(|s| s >= 500 || s == 408),
+            CopyError::Referrer { cause, .. } => cause.is_transient(),
             other => other.kind().is_transient(),
         }
     }

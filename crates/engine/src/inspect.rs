@@ -1,16 +1,19 @@
 //! Read a bundle without copying it (`bundlecopy inspect`), resolve a reference to a digest
-//! (the operator's check of a tag), and list a repository's tags (what a mirror chooses from).
+//! (the operator's check of a tag), list a bundle's referrers (the operator's check for
+//! signatures added later) and a repository's tags (what a mirror chooses from).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::bundle;
-use crate::copy::source::{read_bundle, tag_or_digest};
-use crate::copy::{BundleInfo, parse_reference};
+use crate::copy::referrers::Referrer;
+use crate::copy::source::{SourceBundle, read_bundle, tag_or_digest};
+use crate::copy::{BundleInfo, closure_and_referrers, parse_reference};
 use crate::error::{CopyError, Side};
+use crate::reference::Reference;
 use crate::registry::{Access, Registry};
-use crate::settings::{EndpointOptions, EngineSettings};
+use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
 
 /// The digest a reference (tag or digest) resolves to, `None` when the registry has no such
 /// manifest. One HEAD (plus authentication).
@@ -56,6 +59,8 @@ pub struct InspectReport {
     pub images: Vec<InspectImage>,
     /// The relocation map as cnab-to-oci computes it on pull (familiar names).
     pub relocation_map: BTreeMap<String, String>,
+    /// Signatures, attestations and SBOMs of the bundle's manifests (and of each other).
+    pub referrers: Vec<Referrer>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,16 +73,18 @@ pub struct InspectImage {
     pub size: u64,
 }
 
-/// Read a bundle without copying it.
+/// Read a bundle without copying it, with the referrers `selection` asks for.
 pub async fn inspect_bundle(
     reference: &str,
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
+    selection: &ReferrerSelection,
 ) -> Result<InspectReport, CopyError> {
     let reference = parse_reference(reference)?;
     let registry =
         Registry::connect(Side::Source, &reference, Access::Pull, endpoint, settings).await?;
     let bundle = read_bundle(&registry, &reference).await?;
+    let referrers = bundle_referrers(&registry, &reference, &bundle, settings, selection).await?;
     Ok(InspectReport {
         reference: reference.to_string(),
         digest: bundle.index.digest.clone(),
@@ -95,5 +102,44 @@ pub async fn inspect_bundle(
                 size: i.size,
             })
             .collect(),
+        referrers,
     })
+}
+
+/// The referrers of the bundle at `reference` that `selection` asks for, as a copy would find
+/// them (sorted by subject and digest).
+pub async fn list_referrers(
+    reference: &str,
+    endpoint: &EndpointOptions,
+    side: Side,
+    settings: &EngineSettings,
+    selection: &ReferrerSelection,
+) -> Result<Vec<Referrer>, CopyError> {
+    let reference = parse_reference(reference)?;
+    let registry = Registry::connect(side, &reference, Access::Pull, endpoint, settings).await?;
+    let bundle = read_bundle(&registry, &reference).await?;
+    let mut found = bundle_referrers(&registry, &reference, &bundle, settings, selection).await?;
+    found.sort();
+    Ok(found)
+}
+
+async fn bundle_referrers(
+    registry: &Registry,
+    reference: &Reference,
+    bundle: &SourceBundle,
+    settings: &EngineSettings,
+    selection: &ReferrerSelection,
+) -> Result<Vec<Referrer>, CopyError> {
+    if !selection.copy {
+        return Ok(Vec::new());
+    }
+    let (_, discovery) = closure_and_referrers(
+        registry,
+        reference.repository(),
+        bundle,
+        selection,
+        settings.max_concurrent_blobs,
+    )
+    .await?;
+    Ok(discovery.reports())
 }

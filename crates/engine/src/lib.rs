@@ -20,13 +20,16 @@ pub mod settings;
 pub mod tags;
 
 pub use copy::{
-    BundleInfo, CopyOutcome, CopyRequest, Progress, ProgressSnapshot, RelocatedImage, copy_bundle,
+    BundleInfo, CopyOutcome, CopyRequest, FoundBy, Progress, ProgressSnapshot, Referrer,
+    RelocatedImage, copy_bundle,
 };
 pub use error::{CopyError, ErrorKind, ProxyOrigin, Remedy, Side};
-pub use inspect::{InspectImage, InspectReport, inspect_bundle, list_tags, resolve_digest};
+pub use inspect::{
+    InspectImage, InspectReport, inspect_bundle, list_referrers, list_tags, resolve_digest,
+};
 pub use proxy::{ProxyEnvironment, ProxyOptions};
 pub use registry::transport::validate_ca_pem;
-pub use settings::{EndpointOptions, EngineSettings};
+pub use settings::{EndpointOptions, EngineSettings, ReferrerSelection};
 
 /// Install ring as the process-wide rustls crypto provider. Every TLS client in this process
 /// (registry and Kubernetes) uses it; calling twice is harmless.

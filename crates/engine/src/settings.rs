@@ -55,3 +55,40 @@ impl Default for EngineSettings {
         }
     }
 }
+
+/// Which referrers of the bundle (signatures, attestations, SBOMs: manifests whose `subject` is a
+/// manifest of the bundle, and cosign's `sha256-<hex>.sig/.att/.sbom` tags) travel with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferrerSelection {
+    /// Copy referrers at all (`false`: `--referrers none`, `spec.referrers: None`).
+    pub copy: bool,
+    /// Only referrers of these artifact types; empty means every type. A referrer left out is
+    /// not followed either: its own referrers (a signature on an SBOM) stay behind with it.
+    pub artifact_types: Vec<String>,
+}
+
+impl Default for ReferrerSelection {
+    fn default() -> Self {
+        ReferrerSelection {
+            copy: true,
+            artifact_types: Vec::new(),
+        }
+    }
+}
+
+impl ReferrerSelection {
+    /// No referrers.
+    pub fn none() -> Self {
+        ReferrerSelection {
+            copy: false,
+            artifact_types: Vec::new(),
+        }
+    }
+
+    /// Whether a referrer of this artifact type is copied.
+    pub fn wants(&self, artifact_type: &str) -> bool {
+        self.copy
+            && (self.artifact_types.is_empty()
+                || self.artifact_types.iter().any(|t| t == artifact_type))
+    }
+}

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::operator::crd::{CaSecretReference, Endpoint, SecretReference};
+use crate::operator::crd::{CaSecretReference, Endpoint, Referrers, SecretReference};
 
 /// Label on every BundleCopy a mirror owns: the mirror's name.
 pub const MIRROR_LABEL: &str = "bundlecopy.dev/mirror";
@@ -87,6 +87,17 @@ pub struct BundleMirrorSpec {
     /// Overwrite destination tags that hold a different bundle (passed to every BundleCopy).
     #[serde(default)]
     pub force: bool,
+
+    /// Whether each bundle's signatures, attestations and SBOMs travel with it (passed to every
+    /// BundleCopy): `All` (the default) or `None`.
+    #[serde(default, skip_serializing_if = "Referrers::is_all")]
+    pub referrers: Referrers,
+
+    /// With `referrers: All`, copy only referrers of these artifact types (passed to every
+    /// BundleCopy). Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 255)))]
+    pub artifact_types: Vec<String>,
 }
 
 /// The source of a mirror: a repository without a tag, and how to reach its registry.

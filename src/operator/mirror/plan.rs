@@ -144,6 +144,8 @@ pub fn child_spec(spec: &BundleMirrorSpec, tag: &str) -> BundleCopySpec {
             _ => "1m".to_string(),
         }),
         suspend: spec.suspend,
+        referrers: spec.referrers,
+        artifact_types: spec.artifact_types.clone(),
     }
 }
 
@@ -425,6 +427,8 @@ mod tests {
             interval: "10m".into(),
             suspend: false,
             force: true,
+            referrers: crate::operator::crd::Referrers::All,
+            artifact_types: vec!["application/vnd.cncf.notary.signature".into()],
         }
     }
 
@@ -464,6 +468,19 @@ mod tests {
         assert_eq!(child.destination, spec().destination);
         assert_eq!(child.interval.as_deref(), Some("10m"));
         assert!(child.force && !child.suspend);
+        assert_eq!(child.referrers, crate::operator::crd::Referrers::All);
+        assert_eq!(
+            child.artifact_types,
+            ["application/vnd.cncf.notary.signature"]
+        );
+        let without = BundleMirrorSpec {
+            referrers: crate::operator::crd::Referrers::None,
+            ..spec()
+        };
+        assert_eq!(
+            child_spec(&without, "1.2.0").referrers,
+            crate::operator::crd::Referrers::None
+        );
     }
 
     #[test]

@@ -216,6 +216,15 @@ fn condition<'a>(status: &'a BundleCopyStatus, type_: &str) -> (&'a str, &'a str
     )
 }
 
+/// `status` as a fresh process finds it `minutes` after the copy: only lastCopyTime tells when
+/// the source was last resolved.
+fn copied_minutes_ago(status: &BundleCopyStatus, minutes: i64) -> BundleCopyStatus {
+    BundleCopyStatus {
+        last_copy_time: Some(Time(Timestamp::now() - SignedDuration::from_mins(minutes))),
+        ..status.clone()
+    }
+}
+
 /// Starts a reconcile of `object` with `secrets` in its namespace (the API server holds exactly
 /// these, and the object as given).
 async fn run_reconcile(
@@ -763,8 +772,7 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
 
     // Eleven minutes later (a fresh process, so only lastCopyTime tells when the source was
     // resolved): the moved tag is found and copied.
-    let mut earlier = copied.clone();
-    earlier.last_copy_time = Some(Time(Timestamp::now() - SignedDuration::from_mins(11)));
+    let earlier = copied_minutes_ago(&copied, 11);
     let (context, mut api) = new_context().await;
     let object = bundle_copy(1, spec, Some(&earlier));
     let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
@@ -809,6 +817,129 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
         &second.index_digest,
     )
     .await;
+}
+
+#[tokio::test]
+async fn controller_an_sbom_added_upstream_arrives_at_the_next_interval() {
+    use crate::support::referrers::{
+        Subject, add_to_tag_index, push_notation_signature, push_sbom,
+    };
+    let (source, destination) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::Plain)
+    );
+    let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
+    let client = source.client();
+    let index = Subject::new(
+        &pushed.index_media_type,
+        &pushed.index_digest,
+        &pushed.index_bytes,
+    );
+    let signature = push_notation_signature(&client, "hello", &index, "release").await;
+    add_to_tag_index(&client, "hello", &pushed.index_digest, &[&signature]).await;
+    let spec = json!({
+        "source": {"reference": pushed.reference},
+        "destination": {"reference": format!("{}/team", destination.host())},
+        "interval": "10m",
+    });
+    let (context, mut api) = new_context().await;
+    let object = bundle_copy(1, spec.clone(), None);
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
+    api.expect_status_patch(&object).await;
+    api.expect_event("CopyStarted").await;
+    let copied = api.expect_status_patch(&object).await;
+    let event = api.expect_event("Copied").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("and 1 signatures/attestations"),
+        "{event}"
+    );
+    assert_eq!(
+        reconciling.await.unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    let referrers = copied.referrers.clone().unwrap();
+    assert_eq!(referrers.count, 1);
+    assert_eq!(referrers.items[0].digest, signature.digest);
+    assert_eq!(referrers.items[0].subject, pushed.index_digest);
+    assert_eq!(
+        referrers.items[0].artifact_type,
+        "application/vnd.cncf.notary.signature"
+    );
+    assert_eq!(referrers.items[0].found_by, "TagSchema");
+    let ready = copied.condition("Ready").unwrap();
+    assert!(
+        ready.message.ends_with("and 1 signatures/attestations"),
+        "{}",
+        ready.message
+    );
+
+    // An SBOM is attested after release; the bundle's digest does not move.
+    let sbom = push_sbom(&client, "hello", &index, "after release").await;
+    add_to_tag_index(&client, "hello", &pushed.index_digest, &[&sbom]).await;
+    let object = bundle_copy(1, spec.clone(), Some(&copied));
+    run_reconcile(&api, object, &context, &[])
+        .await
+        .await
+        .unwrap();
+    api.expect_silence().await;
+
+    // At the next check it is found and copied.
+    let earlier = copied_minutes_ago(&copied, 11);
+    let (context, mut api) = new_context().await;
+    let object = bundle_copy(1, spec.clone(), Some(&earlier));
+    let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
+    let copying = api.expect_status_patch(&object).await;
+    let reconciling_message = &copying.condition("Reconciling").unwrap().message;
+    assert!(
+        reconciling_message.contains("signatures, attestations or SBOMs that were not copied"),
+        "{reconciling_message}"
+    );
+    api.expect_event("CopyStarted").await;
+    let recopied = api.expect_status_patch(&object).await;
+    assert_eq!(condition(&recopied, "Ready"), ("True", "UpToDate", 1));
+    assert!(
+        recopied
+            .condition("Ready")
+            .unwrap()
+            .message
+            .ends_with("and 2 signatures/attestations")
+    );
+    assert_eq!(recopied.referrers.as_ref().unwrap().count, 2);
+    let event = api.expect_event("Copied").await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("and 2 signatures/attestations"),
+        "{event}"
+    );
+    assert_eq!(
+        reconciling.await.unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    api.expect_silence().await;
+    let copied_sbom = destination
+        .client()
+        .get_manifest("team/hello", &sbom.digest)
+        .await
+        .expect("the SBOM is at the destination");
+    assert_eq!(copied_sbom.0, sbom.bytes);
+
+    // The check after that finds nothing new: nothing is written.
+    let earlier = copied_minutes_ago(&recopied, 11);
+    let (context, mut api) = new_context().await;
+    let object = bundle_copy(1, spec, Some(&earlier));
+    assert_eq!(
+        run_reconcile(&api, object, &context, &[])
+            .await
+            .await
+            .unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    api.expect_silence().await;
 }
 
 #[tokio::test]

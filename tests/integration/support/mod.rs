@@ -40,6 +40,7 @@ pub mod forward_proxy;
 pub mod frozen_link;
 pub mod process;
 pub mod proxy;
+pub mod referrers;
 pub mod registry;
 pub mod token;
 

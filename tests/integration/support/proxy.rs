@@ -9,6 +9,12 @@
 //!
 //! Like the token server, it runs on its own thread and runtime, so a test may block (on the CLI,
 //! say) while the proxy keeps serving.
+//!
+//! It can also serve the OCI 1.1 referrers API, which distribution 2.8 lacks and no registry
+//! installable here has (`FaultProxy::serve_referrers_api`): `GET /v2/<name>/referrers/<digest>`
+//! is answered from the registry's own storage (every manifest revision of the repository whose
+//! `subject` is the digest), and a manifest PUT that names a `subject` is answered with the
+//! `OCI-Subject` header, as a registry with the API does. Everything else stays the registry's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -56,6 +62,8 @@ pub enum PathKind {
     Upload,
     /// `/v2/<name>/tags/list`
     Tags,
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers,
     Other,
 }
 
@@ -71,6 +79,8 @@ impl PathKind {
             PathKind::Manifest
         } else if path.ends_with("/tags/list") {
             PathKind::Tags
+        } else if path.contains("/referrers/") {
+            PathKind::Referrers
         } else {
             PathKind::Other
         }
@@ -99,6 +109,9 @@ pub enum Fault {
     Truncate { keep: u64 },
     /// Answer a blob GET with a 307 to the blob storage host, which serves the bytes.
     RedirectToStorage,
+    /// Answer with the referrers API's index, computed from the registry's storage (the
+    /// `path_contains` of the rule is usually `/referrers/`). Set by `serve_referrers_api`.
+    ReferrersApi,
     /// Serve `tags/list` in pages of at most `page` (fewer when the query's `n` says so) after `last`, with a
     /// `Link: <…>; rel="next"` header while more remain — the distribution API's pagination,
     /// which distribution 2.8 itself does not do. The tags come from the registry.
@@ -236,6 +249,8 @@ struct ProxyState {
     storage_requests: Mutex<Vec<StorageRequest>>,
     redirects: Mutex<HashMap<u64, Redirected>>,
     next_redirect: AtomicU64,
+    /// The registry's storage root, when the proxy serves the referrers API.
+    referrers_storage: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// A running proxy (and its blob storage host); both stop when dropped.
@@ -287,6 +302,7 @@ impl FaultProxy {
             storage_requests: Mutex::new(Vec::new()),
             redirects: Mutex::new(HashMap::new()),
             next_redirect: AtomicU64::new(1),
+            referrers_storage: Mutex::new(None),
         });
         let (shutdown, shutdown_requested) = tokio::sync::watch::channel(false);
         let serving_state = state.clone();
@@ -339,6 +355,12 @@ impl FaultProxy {
             .requires_auth()
             .then_some((registry.username(), registry.password()));
         super::client::RegistryClient::new(&self.url_base(), None, credentials)
+    }
+
+    /// Serve the OCI 1.1 referrers API in front of `registry` (whose storage it reads), and
+    /// answer manifest PUTs that name a subject with `OCI-Subject`.
+    pub fn serve_referrers_api(&self, registry: &TestRegistry) {
+        *lock(&self.state.referrers_storage) = Some(registry.storage_dir());
     }
 
     /// Add a rule; rules are tried in the order added and the first match applies.
@@ -521,7 +543,11 @@ async fn serve_proxy(
         .path_and_query()
         .map(|value| value.as_str().to_owned())
         .unwrap_or_else(|| path.clone());
-    let fault = take_fault(&state, &method, &path);
+    let referrers_storage = lock(&state.referrers_storage).clone();
+    let fault = take_fault(&state, &method, &path).or_else(|| {
+        (referrers_storage.is_some() && PathKind::of(&path) == PathKind::Referrers)
+            .then_some(Fault::ReferrersApi)
+    });
     lock(&state.requests).push(ProxiedRequest {
         method: method.clone(),
         path_and_query: path_and_query.clone(),
@@ -556,6 +582,18 @@ async fn serve_proxy(
         Some(Fault::Stall { duration }) => tokio::time::sleep(*duration).await,
         Some(Fault::PaginateTags { page }) if method == Method::GET => {
             return paginate_tags(&state, request, &path, *page).await;
+        }
+        Some(Fault::ReferrersApi) => {
+            return Ok(match &referrers_storage {
+                Some(storage) if method == Method::GET => referrers_answer(storage, &path),
+                _ => plain_response(StatusCode::NOT_FOUND, "404 page not found"),
+            });
+        }
+        None if referrers_storage.is_some()
+            && method == Method::PUT
+            && PathKind::of(&path) == PathKind::Manifest =>
+        {
+            return put_noting_subject(&state, request, &path_and_query).await;
         }
         Some(Fault::RedirectToStorage) if method == Method::GET => {
             // Like real registries, check access before redirecting: a 401 (with its
@@ -662,6 +700,108 @@ async fn paginate_tags(
             HeaderValue::from_str(&link)
                 .map_err(|error| ProxyError(format!("bad Link header: {error}")))?,
         );
+    }
+    Ok(response)
+}
+
+/// The referrers API's answer for `/v2/<name>/referrers/<digest>`, from the registry's storage:
+/// every manifest revision of the repository whose `subject` is the digest.
+fn referrers_answer(storage: &std::path::Path, path: &str) -> Response<ProxyBody> {
+    let Some((name, digest)) = path
+        .strip_prefix("/v2/")
+        .and_then(|rest| rest.split_once("/referrers/"))
+    else {
+        return plain_response(StatusCode::BAD_REQUEST, "bad referrers path");
+    };
+    let v2 = storage.join("docker/registry/v2");
+    let revisions = v2.join(format!("repositories/{name}/_manifests/revisions/sha256"));
+    let mut manifests = Vec::new();
+    for revision in std::fs::read_dir(&revisions)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let hex = revision.file_name().to_string_lossy().into_owned();
+        let data = v2.join(format!(
+            "blobs/sha256/{}/{hex}/data",
+            &hex[..2.min(hex.len())]
+        ));
+        let Ok(bytes) = std::fs::read(&data) else {
+            continue;
+        };
+        let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if manifest.pointer("/subject/digest").and_then(|d| d.as_str()) != Some(digest) {
+            continue;
+        }
+        let artifact_type = manifest
+            .get("artifactType")
+            .or_else(|| manifest.pointer("/config/mediaType"))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let mut descriptor = serde_json::json!({
+            "mediaType": manifest["mediaType"],
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+            "artifactType": artifact_type,
+        });
+        if let Some(annotations) = manifest.get("annotations") {
+            descriptor["annotations"] = annotations.clone();
+        }
+        manifests.push(descriptor);
+    }
+    manifests.sort_by_key(|d| d["digest"].as_str().unwrap_or_default().to_owned());
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    })
+    .to_string();
+    let mut response = plain_response(StatusCode::OK, &body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+    );
+    response
+}
+
+/// Forward a manifest PUT; when the registry stored it and it names a subject, say so with
+/// `OCI-Subject` as a registry with the referrers API does.
+async fn put_noting_subject(
+    state: &ProxyState,
+    request: Request<Incoming>,
+    path_and_query: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|error| ProxyError(format!("fault proxy: manifest body: {error}")))?
+        .to_bytes();
+    let subject = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|m| {
+            m.pointer("/subject/digest")
+                .and_then(|d| d.as_str())
+                .map(str::to_owned)
+        });
+    let url = format!("{}{path_and_query}", state.upstream_base);
+    let upstream = state
+        .upstream
+        .put(&url)
+        .headers(forwardable_headers(&parts.headers))
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|error| ProxyError(format!("fault proxy: upstream {url}: {error}")))?;
+    let stored = upstream.status().is_success();
+    let mut response = relay(state, upstream, None);
+    if stored
+        && let Some(subject) = subject
+        && let Ok(value) = HeaderValue::from_str(&subject)
+    {
+        response.headers_mut().insert("oci-subject", value);
     }
     Ok(response)
 }

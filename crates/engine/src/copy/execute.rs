@@ -1,11 +1,17 @@
-//! Carry out a plan: every blob, then every manifest (deepest first), then the index under the
-//! destination tag. What to do with each blob is the registry client's (`Registry::transfer_blob`).
+//! Carry out a plan: every blob, then every manifest (deepest first), then the referrers
+//! (signatures, attestations, SBOMs; their subjects now exist), then the index under the
+//! destination tag. What to do with each blob is the registry client's
+//! (`Registry::transfer_blob`).
 
-use futures_util::TryStreamExt;
+use std::collections::BTreeMap;
 
-use super::plan::Plan;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::plan::{ClosureManifest, Plan};
 use super::progress::Progress;
-use crate::error::CopyError;
+use super::referrers::{self, FoundReferrer, IndexUpdate};
+use crate::bundle::OCI_INDEX;
+use crate::error::{CopyError, Side};
 use crate::registry::Registry;
 
 /// Manifests pushed at once within one level.
@@ -38,7 +44,15 @@ pub async fn push_manifests(
     plan: &Plan,
     progress: &Progress,
 ) -> Result<(), CopyError> {
-    for level in plan.push_levels() {
+    push_levels(dst, plan.push_levels(), progress).await
+}
+
+async fn push_levels(
+    dst: &Registry,
+    levels: Vec<Vec<&ClosureManifest>>,
+    progress: &Progress,
+) -> Result<(), CopyError> {
+    for level in levels {
         futures_util::stream::iter(level.into_iter().map(Ok::<_, CopyError>))
             .try_for_each_concurrent(MANIFEST_CONCURRENCY, |m| async move {
                 if dst.head_manifest(&m.digest).await?.as_deref() != Some(m.digest.as_str()) {
@@ -49,6 +63,166 @@ pub async fn push_manifests(
                 Ok(())
             })
             .await?;
+    }
+    Ok(())
+}
+
+/// One generation of referrers and the closure of their manifests (the referrers are its roots).
+pub struct Generation<'a> {
+    pub referrers: Vec<&'a FoundReferrer>,
+    pub plan: Plan,
+}
+
+/// How a referrer reached the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    /// Under cosign's tag name.
+    Tagged,
+    /// Pushed, and the registry indexed it as a referrer of its subject (`OCI-Subject`).
+    Indexed,
+    /// Pushed, and the registry said nothing of its subject: the tag schema must list it.
+    NotIndexed,
+    /// The destination held it already.
+    Present,
+}
+
+/// Whether the destination has the referrers API: unknown until a push or a query tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DestinationApi {
+    Unknown,
+    Present,
+    Absent,
+}
+
+/// Push the referrers generation by generation (a signature on an SBOM after the SBOM), each
+/// after its own children; cosign's tags under their names; and, where the destination has no
+/// referrers API, each subject's `sha256-<hex>` index merged with what is there.
+pub async fn push_referrers(
+    dst: &Registry,
+    generations: &[Generation<'_>],
+    tag_indexes: &std::collections::HashMap<String, bytes::Bytes>,
+    progress: &Progress,
+) -> Result<(), CopyError> {
+    let mut api = DestinationApi::Unknown;
+    for generation in generations {
+        push_levels(dst, generation.plan.push_levels_down_to(2), progress)
+            .await
+            .map_err(|e| e.for_referrer(|| "writing the manifests of the referrers".to_string()))?;
+        // By index: a closure taking a reference would make rustc unable to prove the
+        // controller's reconcile future Send for every lifetime.
+        let referrers = generation.referrers.as_slice();
+        let landed: Vec<(&FoundReferrer, Landed)> = futures_util::stream::iter(0..referrers.len())
+            .map(|i| async move {
+                let found = referrers[i];
+                let landed = push_referrer(dst, found).await.map_err(|e| {
+                    e.for_referrer(|| {
+                        format!(
+                            "writing referrer {} of {}",
+                            found.referrer.digest, found.referrer.subject
+                        )
+                    })
+                })?;
+                progress.manifest_pushed();
+                Ok::<_, CopyError>((found, landed))
+            })
+            .buffered(MANIFEST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        if landed.iter().any(|(_, l)| *l == Landed::Indexed) {
+            api = DestinationApi::Present;
+        }
+        let mut by_subject: BTreeMap<&str, Vec<(&FoundReferrer, Landed)>> = BTreeMap::new();
+        for (found, how) in landed {
+            if how != Landed::Tagged {
+                by_subject
+                    .entry(found.referrer.subject.as_str())
+                    .or_default()
+                    .push((found, how));
+            }
+        }
+        for (subject, referrers) in by_subject {
+            let needs_index = referrers.iter().any(|(_, how)| *how == Landed::NotIndexed);
+            let all_present = referrers.iter().all(|(_, how)| *how == Landed::Present);
+            if all_present && api == DestinationApi::Unknown {
+                // Only the registry can say whether it indexes them itself.
+                api = match dst.get_referrers(subject).await.map_err(|e| {
+                    e.for_referrer(|| format!("reading the destination's referrers of {subject}"))
+                })? {
+                    Some(_) => DestinationApi::Present,
+                    None => DestinationApi::Absent,
+                };
+            }
+            let write_index = needs_index || (all_present && api == DestinationApi::Absent);
+            if write_index {
+                let entries = referrers::entries_by_subject(referrers.iter().map(|(f, _)| *f));
+                let ours = entries.get(subject).map(Vec::as_slice).unwrap_or_default();
+                update_tag_index(dst, subject, ours, tag_indexes.get(subject)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One referrer's manifest at the destination.
+async fn push_referrer(dst: &Registry, found: &FoundReferrer) -> Result<Landed, CopyError> {
+    let manifest = &found.manifest;
+    if let Some(tag) = &found.referrer.tag {
+        if dst.head_manifest(tag).await?.as_deref() != Some(manifest.digest.as_str()) {
+            dst.put_manifest(tag, manifest.bytes.clone(), &manifest.media_type)
+                .await?;
+        }
+        return Ok(Landed::Tagged);
+    }
+    if dst.head_manifest(&manifest.digest).await?.as_deref() == Some(manifest.digest.as_str()) {
+        return Ok(Landed::Present);
+    }
+    let pushed = dst
+        .put_referrer(
+            &manifest.digest,
+            manifest.bytes.clone(),
+            &manifest.media_type,
+        )
+        .await?;
+    Ok(
+        if pushed.subject.as_deref() == Some(found.referrer.subject.as_str()) {
+            Landed::Indexed
+        } else {
+            Landed::NotIndexed
+        },
+    )
+}
+
+/// The destination's `sha256-<hex>` index of `subject`, with `ours` added.
+async fn update_tag_index(
+    dst: &Registry,
+    subject: &str,
+    ours: &[serde_json::Value],
+    source_index: Option<&bytes::Bytes>,
+) -> Result<(), CopyError> {
+    let tag = referrers::schema_tag(subject);
+    let what = || format!("updating the destination's referrers index {tag}");
+    let existing = dst
+        .get_manifest(&tag)
+        .await
+        .map_err(|e| e.for_referrer(what))?;
+    let update = referrers::merge_tag_index(
+        existing.as_ref().map(|m| m.bytes.as_ref()),
+        source_index.map(|b| b.as_ref()),
+        ours,
+    )
+    .map_err(|detail| CopyError::Referrer {
+        what: what(),
+        cause: Box::new(CopyError::Registry {
+            side: Side::Destination,
+            registry: dst.name().to_string(),
+            status: None,
+            detail: format!("its tag {tag}: {detail}; it is left as it is"),
+        }),
+    })?;
+    if let IndexUpdate::Write(bytes) = update {
+        dst.put_manifest(&tag, bytes, OCI_INDEX)
+            .await
+            .map_err(|e| e.for_referrer(what))?;
     }
     Ok(())
 }

@@ -1,9 +1,11 @@
-//! A copy, as a pipeline: read the source bundle, plan (`plan`), execute (`execute`), verify
-//! the index the destination stored. The engine shared by the CLI and the operator.
+//! A copy, as a pipeline: read the source bundle, plan (`plan`), find its referrers
+//! (`referrers`), execute (`execute`), verify the index the destination stored. The engine
+//! shared by the CLI and the operator.
 
 mod execute;
 pub mod plan;
 mod progress;
+pub mod referrers;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -14,9 +16,10 @@ use crate::bundle::BundleImage;
 use crate::error::{CopyError, Side};
 use crate::reference::{Reference, derive_destination};
 use crate::registry::{Access, Registry};
-use crate::settings::{EndpointOptions, EngineSettings};
+use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
 use plan::DestinationState;
 pub use progress::{Progress, ProgressSnapshot};
+pub use referrers::{FoundBy, Referrer};
 use source::SourceBundle;
 
 /// One copy: `porter copy --source S --destination D`.
@@ -30,6 +33,8 @@ pub struct CopyRequest {
     pub destination_endpoint: EndpointOptions,
     /// Overwrite a destination tag that holds a different bundle.
     pub force: bool,
+    /// Which signatures, attestations and SBOMs travel with the bundle (default: all).
+    pub referrers: ReferrerSelection,
     pub settings: EngineSettings,
 }
 
@@ -66,6 +71,10 @@ pub struct CopyOutcome {
     pub images: Vec<RelocatedImage>,
     /// bundle.json image → relocated reference (the cnab-spec relocation mapping).
     pub relocation_map: BTreeMap<String, String>,
+    /// The referrers (signatures, attestations, SBOMs) the destination now holds with the
+    /// bundle, as found at the source; absent when the request asked for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<Vec<Referrer>>,
     pub progress: ProgressSnapshot,
 }
 
@@ -86,7 +95,9 @@ struct Ends {
     dst: Registry,
 }
 
-/// Copy a bundle: read it, plan, execute, verify (docs/architecture.md, "One copy").
+/// Copy a bundle: read it, plan, find its referrers, execute, verify (docs/architecture.md,
+/// "One copy"). A destination that holds the bundle already still receives the referrers it
+/// misses (a signature added upstream later).
 pub async fn copy_bundle(
     request: &CopyRequest,
     progress: &Progress,
@@ -104,21 +115,88 @@ pub async fn copy_bundle(
         request.force,
         &ends.destination,
     )?;
-    if state == DestinationState::UpToDate {
+    let up_to_date = state == DestinationState::UpToDate;
+    if up_to_date && !request.referrers.copy {
         tracing::info!(destination = %ends.destination, digest = %bundle.index.digest, "destination is up to date");
-        return Ok(outcome(&ends, &bundle, true, progress.snapshot()));
+        return Ok(outcome(&ends, &bundle, true, None, progress.snapshot()));
     }
-    let plan = plan::walk_closure(
+    let concurrency = request.settings.max_concurrent_blobs;
+    let (plan, discovery) = closure_and_referrers(
         &ends.src,
         ends.source.repository(),
-        &bundle.bundle_index,
-        &bundle.config_manifest,
-        request.settings.max_concurrent_blobs,
+        &bundle,
+        &request.referrers,
+        concurrency,
     )
     .await?;
-    execute(&ends, &bundle, &plan, &dst_reference, request, progress).await?;
-    tracing::info!(destination = %ends.destination, digest = %bundle.index.digest, "bundle copied");
-    Ok(outcome(&ends, &bundle, false, progress.snapshot()))
+    let generations = referrer_generations(&ends, &discovery, concurrency).await?;
+    let work = Work {
+        bundle: (!up_to_date).then_some(&plan),
+        generations: &generations,
+        discovery: &discovery,
+    };
+    execute(&ends, &bundle, work, &dst_reference, request, progress).await?;
+    tracing::info!(destination = %ends.destination, digest = %bundle.index.digest,
+        referrers = discovery.referrers.len(), up_to_date, "bundle copied");
+    Ok(outcome(
+        &ends,
+        &bundle,
+        up_to_date,
+        request.referrers.copy.then(|| discovery.reports()),
+        progress.snapshot(),
+    ))
+}
+
+/// The bundle's closure, and the referrers of every digest in it (the index's too).
+pub(crate) async fn closure_and_referrers(
+    src: &Registry,
+    repository: &str,
+    bundle: &SourceBundle,
+    selection: &ReferrerSelection,
+    concurrency: usize,
+) -> Result<(plan::Plan, referrers::Discovery), CopyError> {
+    let plan = plan::walk_closure(
+        src,
+        repository,
+        &bundle.bundle_index,
+        &bundle.config_manifest,
+        concurrency,
+    )
+    .await?;
+    let subjects: Vec<String> = std::iter::once(bundle.index.digest.clone())
+        .chain(plan.manifests.iter().map(|m| m.digest.clone()))
+        .collect();
+    let discovery = referrers::discover(src, repository, &subjects, selection, concurrency).await?;
+    Ok((plan, discovery))
+}
+
+/// The referrers found, generation by generation, each with the closure of its manifests.
+async fn referrer_generations<'a>(
+    ends: &Ends,
+    discovery: &'a referrers::Discovery,
+    concurrency: usize,
+) -> Result<Vec<execute::Generation<'a>>, CopyError> {
+    let deepest = discovery
+        .referrers
+        .iter()
+        .map(|r| r.generation)
+        .max()
+        .unwrap_or(0);
+    let mut generations = Vec::with_capacity(deepest);
+    for generation in 1..=deepest {
+        let referrers: Vec<&referrers::FoundReferrer> = discovery
+            .referrers
+            .iter()
+            .filter(|r| r.generation == generation)
+            .collect();
+        let roots: Vec<crate::registry::Manifest> =
+            referrers.iter().map(|r| r.manifest.clone()).collect();
+        let plan = plan::walk_from(&ends.src, ends.source.repository(), &roots, concurrency)
+            .await
+            .map_err(|e| e.for_referrer(|| "reading the manifests of the referrers".into()))?;
+        generations.push(execute::Generation { referrers, plan });
+    }
+    Ok(generations)
 }
 
 /// Parse both references and connect to both registries at once.
@@ -171,40 +249,74 @@ fn destination_reference(
         .map_or_else(|| source_digest.clone(), str::to_string))
 }
 
-/// Blobs, manifests, then the index under its tag; the destination must store the index under
-/// the source's digest.
+/// What a copy writes: the bundle's closure (unless the destination holds it already) and the
+/// referrers.
+struct Work<'a> {
+    bundle: Option<&'a plan::Plan>,
+    generations: &'a [execute::Generation<'a>],
+    discovery: &'a referrers::Discovery,
+}
+
+/// Blobs, manifests, the referrers, then the index under its tag, last: when the tag moves,
+/// its signatures are already there. The destination must store the index under the source's
+/// digest.
 async fn execute(
     ends: &Ends,
     bundle: &SourceBundle,
-    plan: &plan::Plan,
+    work: Work<'_>,
     dst_reference: &str,
     request: &CopyRequest,
     progress: &Progress,
 ) -> Result<(), CopyError> {
+    let referrer_plans = work.generations.iter().map(|g| &g.plan);
+    let blobs = work
+        .bundle
+        .cloned()
+        .unwrap_or_default()
+        .with_blobs_of(referrer_plans.clone());
+    let bundle_manifests = work.bundle.map_or(0, |p| p.manifests.len() as u64 + 1);
+    let referrer_manifests: u64 = referrer_plans.map(|p| p.manifests.len() as u64).sum();
     progress.planned(
-        plan.blobs.len() as u64,
-        plan.total_bytes(),
-        plan.manifests.len() as u64 + 1,
+        blobs.blobs.len() as u64,
+        blobs.total_bytes(),
+        bundle_manifests + referrer_manifests,
     );
     tracing::info!(
-        blobs = plan.blobs.len(),
-        manifests = plan.manifests.len() + 1,
-        bytes = plan.total_bytes(),
+        blobs = blobs.blobs.len(),
+        manifests = bundle_manifests + referrer_manifests,
+        referrers = work.discovery.referrers.len(),
+        bytes = blobs.total_bytes(),
         "copying"
     );
     let concurrency = request.settings.max_concurrent_blobs;
-    execute::transfer_blobs(&ends.src, &ends.dst, plan, concurrency, progress).await?;
-    execute::push_manifests(&ends.dst, plan, progress).await?;
+    execute::transfer_blobs(&ends.src, &ends.dst, &blobs, concurrency, progress).await?;
+    let index = &bundle.index;
+    let media_type = &bundle.bundle_index.media_type;
+    if let Some(plan) = work.bundle {
+        execute::push_manifests(&ends.dst, plan, progress).await?;
+        if !work.discovery.referrers.is_empty() {
+            // Referrers of the index need it there first; its tag moves last.
+            ends.dst
+                .put_manifest(&index.digest, index.bytes.clone(), media_type)
+                .await?;
+        }
+    }
+    execute::push_referrers(
+        &ends.dst,
+        work.generations,
+        &work.discovery.tag_indexes,
+        progress,
+    )
+    .await?;
+    if work.bundle.is_none() {
+        return Ok(());
+    }
     let pushed = ends
         .dst
-        .put_manifest(
-            dst_reference,
-            bundle.index.bytes.clone(),
-            &bundle.bundle_index.media_type,
-        )
+        .put_manifest(dst_reference, index.bytes.clone(), media_type)
         .await?;
     progress.manifest_pushed();
-    verify(&ends.destination, &bundle.index.digest, pushed)
+    verify(&ends.destination, &index.digest, pushed)
 }
 
 /// The digest the destination reports for the pushed index must be the source's.
@@ -228,6 +340,7 @@ fn outcome(
     ends: &Ends,
     bundle: &SourceBundle,
     up_to_date: bool,
+    referrers: Option<Vec<Referrer>>,
     progress: ProgressSnapshot,
 ) -> CopyOutcome {
     let images = relocated_images(&bundle.images, &ends.destination.name());
@@ -244,6 +357,7 @@ fn outcome(
             .map(|i| (i.image.clone(), i.relocated.clone()))
             .collect(),
         images,
+        referrers,
         progress,
     }
 }

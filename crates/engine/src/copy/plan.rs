@@ -15,7 +15,7 @@ use crate::registry::{Access, BlobRef, Manifest, Registry};
 
 /// Where the walk reads child manifests from.
 pub trait ManifestSource: Sync {
-    /// The manifest with this digest, `None` when the source does not have it.
+    /// The manifest with this digest (or tag), `None` when the source does not have it.
     fn fetch(
         &self,
         digest: &str,
@@ -69,11 +69,43 @@ impl Plan {
     /// Manifests in levels, deepest first, so a registry only ever sees a manifest whose
     /// children are already there. Each level may be pushed concurrently.
     pub fn push_levels(&self) -> Vec<Vec<&ClosureManifest>> {
+        self.push_levels_down_to(1)
+    }
+
+    /// `push_levels` without the levels above `depth` (a walk's roots are at depth 1).
+    pub fn push_levels_down_to(&self, depth: usize) -> Vec<Vec<&ClosureManifest>> {
         let deepest = self.manifests.iter().map(|m| m.depth).max().unwrap_or(0);
-        (1..=deepest)
+        (depth.max(1)..=deepest)
             .rev()
             .map(|depth| self.manifests.iter().filter(|m| m.depth == depth).collect())
             .collect()
+    }
+
+    /// This plan's blobs and `other`'s, each once.
+    pub fn with_blobs_of<'a>(mut self, others: impl IntoIterator<Item = &'a Plan>) -> Plan {
+        let mut seen: HashSet<String> = self.blobs.iter().map(|b| b.digest.clone()).collect();
+        for other in others {
+            self.blobs.extend(
+                other
+                    .blobs
+                    .iter()
+                    .filter(|b| seen.insert(b.digest.clone()))
+                    .cloned(),
+            );
+        }
+        self
+    }
+}
+
+/// A manifest of `json`, keyed by its sha256 digest (for tests that keep manifests in memory).
+#[cfg(test)]
+pub(crate) fn test_manifest(media_type: &str, json: String) -> Manifest {
+    let bytes = Bytes::from(json);
+    let digest = crate::digest::sha256(&bytes);
+    Manifest {
+        bytes,
+        media_type: media_type.to_string(),
+        digest,
     }
 }
 
@@ -126,18 +158,55 @@ pub async fn walk_closure(
     config: &Manifest,
     concurrency: usize,
 ) -> Result<Plan, CopyError> {
+    walk(
+        source,
+        repository,
+        index.manifests.clone(),
+        std::slice::from_ref(config),
+        concurrency,
+    )
+    .await
+}
+
+/// Everything reachable from manifests already read (referrers): each is a root at depth 1,
+/// pushed after its children.
+pub async fn walk_from(
+    source: &impl ManifestSource,
+    repository: &str,
+    roots: &[Manifest],
+    concurrency: usize,
+) -> Result<Plan, CopyError> {
+    let first = roots
+        .iter()
+        .map(|m| Descriptor {
+            media_type: m.media_type.clone(),
+            digest: m.digest.clone(),
+            size: m.bytes.len() as u64,
+            annotations: Default::default(),
+            urls: None,
+        })
+        .collect();
+    walk(source, repository, first, roots, concurrency).await
+}
+
+/// The closure of `first`, level by level; `known` manifests are not read again.
+async fn walk(
+    source: &impl ManifestSource,
+    repository: &str,
+    first: Vec<Descriptor>,
+    known: &[Manifest],
+    concurrency: usize,
+) -> Result<Plan, CopyError> {
     let mut seen_manifests = HashSet::new();
     let mut seen_blobs = HashSet::new();
     let mut plan = Plan::default();
-    let mut level: Vec<Descriptor> = index
-        .manifests
-        .iter()
+    let mut level: Vec<Descriptor> = first
+        .into_iter()
         .filter(|d| seen_manifests.insert(d.digest.clone()))
-        .cloned()
         .collect();
     let mut depth = 1;
     while !level.is_empty() {
-        let fetched = fetch_level(source, repository, level, config, concurrency).await?;
+        let fetched = fetch_level(source, repository, level, known, concurrency).await?;
         let mut next = Vec::new();
         for (descriptor, manifest) in fetched {
             let media_type = if descriptor.media_type.is_empty() {
@@ -180,17 +249,18 @@ pub async fn walk_closure(
     Ok(plan)
 }
 
-/// Read one level of the closure, concurrently; the config manifest is not read again.
+/// Read one level of the closure, concurrently; `known` manifests (the config manifest, read
+/// referrers) are not read again.
 async fn fetch_level(
     source: &impl ManifestSource,
     repository: &str,
     level: Vec<Descriptor>,
-    config: &Manifest,
+    known: &[Manifest],
     concurrency: usize,
 ) -> Result<Vec<(Descriptor, Manifest)>, CopyError> {
     futures_util::stream::iter(level.into_iter().map(|d| async move {
-        if d.digest == config.digest {
-            return Ok((d, config.clone()));
+        if let Some(manifest) = known.iter().find(|m| m.digest == d.digest) {
+            return Ok((d, manifest.clone()));
         }
         let manifest = source
             .fetch(&d.digest)
@@ -225,16 +295,9 @@ mod tests {
 
     impl Memory {
         fn put(&mut self, media_type: &str, json: String) -> String {
-            let bytes = Bytes::from(json);
-            let digest = digest::sha256(&bytes);
-            self.0.insert(
-                digest.clone(),
-                Manifest {
-                    bytes,
-                    media_type: media_type.to_string(),
-                    digest: digest.clone(),
-                },
-            );
+            let manifest = test_manifest(media_type, json);
+            let digest = manifest.digest.clone();
+            self.0.insert(digest.clone(), manifest);
             digest
         }
     }

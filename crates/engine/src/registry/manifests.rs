@@ -113,6 +113,27 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Option<String>, CopyError> {
+        Ok(self.put(reference, bytes, media_type).await?.digest)
+    }
+
+    /// PUT a manifest that names a `subject`, by digest: the digest the registry reports and the
+    /// `OCI-Subject` header, which a registry with the referrers API sends when it has indexed
+    /// the manifest as a referrer of its subject.
+    pub async fn put_referrer(
+        &self,
+        digest: &str,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Pushed, CopyError> {
+        self.put(digest, bytes, media_type).await
+    }
+
+    async fn put(
+        &self,
+        reference: &str,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Pushed, CopyError> {
         let repository = &self.repository;
         let url = self.manifest_url(reference)?;
         let mut headers = HeaderMap::new();
@@ -133,6 +154,23 @@ impl Registry {
             let what = format!("PUT manifest {repository}:{reference}");
             return Err(self.endpoint().status_error(response, &what).await);
         }
-        Ok(docker_digest(response.headers()))
+        let subject = response
+            .headers()
+            .get("oci-subject")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string());
+        Ok(Pushed {
+            digest: docker_digest(response.headers()),
+            subject,
+        })
     }
+}
+
+/// What a registry answered to a manifest PUT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// `Docker-Content-Digest`, when sent and valid.
+    pub digest: Option<String>,
+    /// `OCI-Subject`, when sent.
+    pub subject: Option<String>,
 }

@@ -1,7 +1,8 @@
 //! The registry client. Layers, bottom first, each its own module: `transport` (plain HTTP or
 //! HTTPS, the HTTP client, transport errors), `retry` (the one retry policy) applied by `http`
 //! (one origin, requests), `auth` (challenges, credentials, token scopes), and on top the
-//! operations a copy needs: `manifests` and `blobs` (with `verify`, the checking stream). The copy
+//! operations a copy needs: `manifests`, `blobs` (with `verify`, the checking stream), `tags`
+//! and `referrers` (the OCI 1.1 referrers API). The copy
 //! plan sees only `Registry`'s operations: no scope, token or retry. Credentials are only ever
 //! sent to the registry's own origin (never to a redirect target).
 
@@ -10,6 +11,7 @@ pub mod blobs;
 pub mod client;
 pub mod http;
 pub mod manifests;
+pub mod referrers;
 pub mod response;
 pub mod retry;
 pub mod tags;
@@ -19,5 +21,5 @@ pub mod verify;
 pub use auth::Access;
 pub use blobs::{BlobAction, BlobRef};
 pub use client::Registry;
-pub use manifests::Manifest;
+pub use manifests::{Manifest, Pushed};
 pub use retry::RetryPolicy;

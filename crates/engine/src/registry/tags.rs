@@ -1,6 +1,7 @@
 //! Listing a repository's tags (`GET /v2/<name>/tags/list`), page by page as the registry's
-//! `Link` headers say.
+//! `Link` headers say; the paging serves the referrers API too.
 
+use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -27,60 +28,89 @@ impl Registry {
     /// A repository the registry does not know is `SourceNotFound`.
     pub async fn list_tags(&self) -> Result<Vec<String>, CopyError> {
         let repository = &self.repository;
-        let mut url = self
-            .endpoint()
-            .url(&format!("v2/{repository}/tags/list?n={TAGS_PAGE_SIZE}"))?;
+        let pages = self
+            .get_pages(
+                &format!("v2/{repository}/tags/list?n={TAGS_PAGE_SIZE}"),
+                "application/json",
+                MAX_TAGS_PAGE_BYTES,
+                MAX_TAG_PAGES,
+                &format!("the tag list of {repository}"),
+            )
+            .await?
+            .ok_or_else(|| CopyError::SourceNotFound {
+                reference: format!("{}/{repository}", self.name()),
+                detail: "the registry has no such repository".into(),
+            })?;
         let mut tags = Vec::new();
-        for _ in 0..MAX_TAG_PAGES {
-            let mut accept = HeaderMap::new();
-            accept.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-            let response = self
-                .auth
-                .send(self.policy(), Method::GET, &url, accept, None)
-                .await?;
-            let status = response.status();
-            if status == StatusCode::NOT_FOUND {
-                return Err(CopyError::SourceNotFound {
-                    reference: format!("{}/{repository}", self.name()),
-                    detail: "the registry has no such repository".into(),
-                });
-            }
-            if !status.is_success() {
-                let what = format!("GET tags of {repository}");
-                return Err(self.endpoint().status_error(response, &what).await);
-            }
-            let next = next_page(response.headers());
-            let bytes = read_limited(response, MAX_TAGS_PAGE_BYTES)
-                .await
-                .map_err(|e| self.bad_answer(&format!("its tag list could not be read: {e}")))?;
+        for bytes in pages {
             let page: TagPage = serde_json::from_slice(&bytes).map_err(|e| {
-                self.bad_answer(&format!(
-                    "its tag list is not the JSON the distribution API defines: {e}"
-                ))
+                self.bad_answer(
+                    &format!("the tag list of {repository}"),
+                    &format!("is not the JSON the distribution API defines: {e}"),
+                )
             })?;
             tags.extend(page.tags.unwrap_or_default());
-            let Some(next) = next else {
-                return Ok(tags);
-            };
-            url = url.join(&next).map_err(|e| {
-                self.bad_answer(&format!("its Link header {next:?} is not a URL: {e}"))
-            })?;
-            if !self.endpoint().same_origin(&url) {
-                return Err(self.bad_answer(&format!(
-                    "its Link header sends the next page of tags to another host ({url})"
-                )));
-            }
         }
-        Err(self.bad_answer(&format!(
-            "it linked more than {MAX_TAG_PAGES} pages of tags"
-        )))
+        Ok(tags)
     }
 
-    fn bad_answer(&self, detail: &str) -> CopyError {
-        self.endpoint().registry_error(
-            None,
-            format!("listing the tags of {}: {detail}", self.repository),
-        )
+    /// GET `path` and the pages its `Link: <…>; rel="next"` headers name (only on the registry's
+    /// own origin), each body at most `limit` bytes: the bodies, or `None` when the first answer
+    /// is 404. `what` names the listing in messages.
+    pub(super) async fn get_pages(
+        &self,
+        path: &str,
+        accept: &'static str,
+        limit: usize,
+        max_pages: usize,
+        what: &str,
+    ) -> Result<Option<Vec<Bytes>>, CopyError> {
+        let mut url = self.endpoint().url(path)?;
+        let mut pages = Vec::new();
+        for _ in 0..max_pages {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            let response = self
+                .auth
+                .send(self.policy(), Method::GET, &url, headers, None)
+                .await?;
+            let status = response.status();
+            if status == StatusCode::NOT_FOUND && pages.is_empty() {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(self
+                    .endpoint()
+                    .status_error(response, &format!("GET {what}"))
+                    .await);
+            }
+            let next = next_page(response.headers());
+            let bytes = read_limited(response, limit)
+                .await
+                .map_err(|e| self.bad_answer(what, &format!("could not be read: {e}")))?;
+            pages.push(bytes);
+            let Some(next) = next else {
+                return Ok(Some(pages));
+            };
+            url = url.join(&next).map_err(|e| {
+                self.bad_answer(
+                    what,
+                    &format!("has a Link header {next:?} that is not a URL: {e}"),
+                )
+            })?;
+            if !self.endpoint().same_origin(&url) {
+                return Err(self.bad_answer(
+                    what,
+                    &format!("sends its next page to another host ({url})"),
+                ));
+            }
+        }
+        Err(self.bad_answer(what, &format!("links more than {max_pages} pages")))
+    }
+
+    fn bad_answer(&self, what: &str, detail: &str) -> CopyError {
+        self.endpoint()
+            .registry_error(None, format!("{what} {detail}"))
     }
 }
 
