@@ -8,6 +8,7 @@
 //! `inspect`.
 
 pub mod bundle;
+pub mod cloud;
 pub mod copy;
 pub mod credentials;
 pub mod digest;
@@ -26,7 +27,7 @@ pub use error::{CopyError, ErrorKind, ProxyOrigin, Remedy, Side};
 pub use inspect::{InspectImage, InspectReport, inspect_bundle, list_tags, resolve_digest};
 pub use proxy::{ProxyEnvironment, ProxyOptions};
 pub use registry::transport::validate_ca_pem;
-pub use settings::{EndpointOptions, EngineSettings};
+pub use settings::{CloudEnvironment, EndpointOptions, EngineSettings, Provider};
 
 /// Install ring as the process-wide rustls crypto provider. Every TLS client in this process
 /// (registry and Kubernetes) uses it; calling twice is harmless.
