@@ -19,12 +19,13 @@ use base64::Engine as _;
 use url::Url;
 
 use super::common::{
-    CloudEnvironment, CloudHttp, Login, Problem, body_text, cached, host_of, is_cloud_registry,
-    post_form, read_token_file, refusal, unreachable,
+    CloudEnvironment, CloudHttp, Login, Problem, body_text, cached, host_of, post_form,
+    read_token_file, refusal, unreachable,
 };
 use super::sigv4::{self, SigningKey};
 use super::time::{amz_date, from_unix_seconds};
 use crate::credentials::Credential;
+use crate::reference::is_loopback_host;
 
 /// Where each way of getting credentials is set up, for the message when none is.
 const NO_IDENTITY: &str = "no AWS identity in this pod: for IRSA annotate the pod's \
@@ -103,13 +104,13 @@ pub(super) async fn registry_credential(
     env: &CloudEnvironment,
     registry: &str,
 ) -> Result<Credential, Problem> {
-    if !is_cloud_registry(registry, &[], &[".amazonaws.com", ".amazonaws.com.cn"]) {
+    let ecr = parse_ecr_host(registry);
+    if ecr.is_none() && !is_loopback_host(registry) {
         return Err(Problem::setup(format!(
             "{registry} is not an ECR registry (ACCOUNT.dkr.ecr.REGION.amazonaws.com); ECR \
              credentials are only sent to ECR"
         )));
     }
-    let ecr = parse_ecr_host(registry);
     let region = match (
         &ecr,
         env.get("AWS_REGION")
@@ -260,7 +261,7 @@ fn container_credentials_url(env: &CloudEnvironment) -> Result<Option<Url>, Prob
     let host = url.host_str().unwrap_or_default();
     let allowed = url.scheme() == "https"
         || (url.scheme() == "http"
-            && (crate::reference::is_loopback_host(host)
+            && (is_loopback_host(host)
                 || ["169.254.170.2", "169.254.170.23", "[fd00:ec2::23]"].contains(&host)));
     if !allowed {
         return Err(Problem::setup(
