@@ -69,6 +69,10 @@ pub fn with_hint(e: &CopyError) -> String {
                     "NO_PROXY, or --source-proxy/--destination-proxy".to_string(),
             }
         ),
+        Some(Remedy::SetUpCloudIdentity { side, provider }) => format!(
+            "set up this machine's or pod's {provider} identity (docs/cloud.md), or leave out --{}-provider to use the Docker config only",
+            flag(side)
+        ),
         Some(Remedy::FixProxyCredentials { side, origin }) => format!(
             "give the proxy's user name and password in {} as http://USER:PASSWORD@HOST:PORT",
             proxy_setting(side, &origin)
@@ -149,5 +153,34 @@ mod tests {
         assert!(text.contains("NO_PROXY"), "{text}");
         let text = with_hint(&failure(ProxyProblem::TunnelRefused, ProxyOrigin::Endpoint));
         assert!(text.contains("CONNECT"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_cloud_identity_points_at_the_set_up_and_the_flag() {
+        let e = CopyError::CloudIdentity {
+            side: Side::Destination,
+            registry: "1.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            provider: "aws".into(),
+            detail: "no AWS identity in this pod".into(),
+            transient: false,
+        };
+        assert_eq!(e.kind(), bundlecopy_engine::ErrorKind::AuthenticationFailed);
+        let text = with_hint(&e);
+        assert!(
+            text.contains("docs/cloud.md") && text.contains("--destination-provider"),
+            "{text}"
+        );
+        let unreachable = CopyError::CloudIdentity {
+            side: Side::Destination,
+            registry: "1.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            provider: "aws".into(),
+            detail: "the ECR API did not answer".into(),
+            transient: true,
+        };
+        assert_eq!(
+            unreachable.kind(),
+            bundlecopy_engine::ErrorKind::Unreachable
+        );
+        assert!(unreachable.is_transient());
     }
 }

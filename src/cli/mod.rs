@@ -10,9 +10,9 @@ use clap::{Args, ValueEnum};
 use bundlecopy_engine::credentials::DockerConfig;
 use bundlecopy_engine::tags::{TagFilter, tag_version};
 use bundlecopy_engine::{
-    CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings, Progress,
-    ProgressSnapshot, ProxyEnvironment, ProxyOptions, Referrer, ReferrerSelection, copy_bundle,
-    inspect_bundle, list_tags,
+    CloudEnvironment, CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings,
+    Progress, ProgressSnapshot, Provider, ProxyEnvironment, ProxyOptions, Referrer,
+    ReferrerSelection, copy_bundle, inspect_bundle, list_tags,
 };
 
 mod hints;
@@ -23,6 +23,31 @@ pub enum OutputFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Where an endpoint's registry credentials come from (docs/cloud.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ProviderArg {
+    /// The Docker config only
+    #[default]
+    Generic,
+    /// ECR, with this machine's or pod's AWS identity
+    Aws,
+    /// ACR, with the pod's Azure workload identity
+    Azure,
+    /// Artifact Registry or gcr.io, with the metadata server's Google identity
+    Gcp,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(provider: ProviderArg) -> Provider {
+        match provider {
+            ProviderArg::Generic => Provider::Generic,
+            ProviderArg::Aws => Provider::Aws,
+            ProviderArg::Azure => Provider::Azure,
+            ProviderArg::Gcp => Provider::Gcp,
+        }
+    }
 }
 
 /// Flags shared by the commands that talk to registries.
@@ -81,6 +106,10 @@ pub struct OneRegistryArgs {
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
 
+    /// Registry credentials from this cloud identity, before the Docker config's
+    #[arg(long, value_enum, default_value_t = ProviderArg::Generic)]
+    pub provider: ProviderArg,
+
     #[command(flatten)]
     pub connection: ConnectionArgs,
 }
@@ -93,6 +122,7 @@ impl OneRegistryArgs {
             ca_pem: read_ca(self.ca_file.as_deref())?,
             credentials: load_docker_config(self.connection.docker_config.as_deref())?,
             proxy: parse_proxy("--proxy", self.proxy.as_deref())?,
+            provider: self.provider.into(),
         })
     }
 }
@@ -169,6 +199,14 @@ pub struct CopyArgs {
     /// of the environment's HTTPS_PROXY/HTTP_PROXY
     #[arg(long, value_name = "URL")]
     pub destination_proxy: Option<String>,
+
+    /// Source registry credentials from this cloud identity, before the Docker config's
+    #[arg(long, value_enum, default_value_t = ProviderArg::Generic)]
+    pub source_provider: ProviderArg,
+
+    /// Destination registry credentials from this cloud identity, before the Docker config's
+    #[arg(long, value_enum, default_value_t = ProviderArg::Generic)]
+    pub destination_provider: ProviderArg,
 
     /// Overwrite a destination tag that holds a different bundle
     #[arg(long)]
@@ -303,6 +341,7 @@ fn settings(connection: &ConnectionArgs, concurrency: usize) -> Result<EngineSet
         max_concurrent_blobs: concurrency.max(1),
         io_timeout: Duration::from_secs(connection.timeout.max(1)),
         proxy_environment,
+        cloud_environment: CloudEnvironment::from_env(),
         ..EngineSettings::default()
     })
 }
@@ -318,12 +357,14 @@ pub fn copy_request(args: &CopyArgs) -> Result<CopyRequest, CliError> {
             ca_pem: read_ca(args.source_ca_file.as_deref())?,
             credentials: credentials.clone(),
             proxy: parse_proxy("--source-proxy", args.source_proxy.as_deref())?,
+            provider: args.source_provider.into(),
         },
         destination_endpoint: EndpointOptions {
             insecure: args.insecure_registry || args.destination_insecure,
             ca_pem: read_ca(args.destination_ca_file.as_deref())?,
             credentials,
             proxy: parse_proxy("--destination-proxy", args.destination_proxy.as_deref())?,
+            provider: args.destination_provider.into(),
         },
         force: args.force,
         referrers: args.referrers.selection(),

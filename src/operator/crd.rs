@@ -181,6 +181,40 @@ pub struct Endpoint {
     /// HTTPS_PROXY, HTTP_PROXY and NO_PROXY environment applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_secret_ref: Option<SecretReference>,
+
+    /// Where registry credentials come from besides `credentials`: `generic` (only the Secrets
+    /// in `credentials`), or the controller pod's cloud identity, tried first: `aws` (ECR, with
+    /// IRSA or EKS Pod Identity), `azure` (ACR, with Azure Workload Identity) or `gcp` (Artifact
+    /// Registry and gcr.io, with GKE Workload Identity). docs/cloud.md sets each up.
+    #[serde(default, skip_serializing_if = "CloudProvider::is_generic")]
+    pub provider: CloudProvider,
+}
+
+/// Where registry credentials come from besides `credentials`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudProvider {
+    #[default]
+    Generic,
+    Aws,
+    Azure,
+    Gcp,
+}
+
+impl CloudProvider {
+    pub fn is_generic(&self) -> bool {
+        *self == CloudProvider::Generic
+    }
+
+    /// The engine's name for it.
+    pub fn engine(self) -> bundlecopy_engine::Provider {
+        match self {
+            CloudProvider::Generic => bundlecopy_engine::Provider::Generic,
+            CloudProvider::Aws => bundlecopy_engine::Provider::Aws,
+            CloudProvider::Azure => bundlecopy_engine::Provider::Azure,
+            CloudProvider::Gcp => bundlecopy_engine::Provider::Gcp,
+        }
+    }
 }
 
 /// A Secret in the resource's namespace, by name.

@@ -82,6 +82,11 @@ fn proxy_setting(side: Side, origin: &ProxyOrigin, spec: Option<&BundleCopySpec>
 /// A remedy in the resource's terms; `None` for those that have no field to point at.
 fn phrase(remedy: &Remedy, spec: Option<&BundleCopySpec>) -> Option<String> {
     Some(match remedy {
+        Remedy::SetUpCloudIdentity { side, provider } => format!(
+            "; set up the {provider} workload identity of the controller's pod (docs/cloud.md), or set {}.provider: generic and list Secrets in {}.credentials",
+            field(*side),
+            field(*side)
+        ),
         Remedy::CheckProxy { side, origin } => {
             let (what, bypass) = match origin {
                 ProxyOrigin::Endpoint => ("the address in ", ""),
@@ -190,6 +195,26 @@ mod tests {
             Failure::from_copy_error_in(&denied, None)
                 .message
                 .contains("spec.source.credentials")
+        );
+    }
+
+    #[test]
+    fn a_missing_cloud_identity_is_authentication_failed_with_the_set_up_to_do() {
+        let error = CopyError::CloudIdentity {
+            side: Side::Source,
+            registry: "team.azurecr.io".into(),
+            provider: "azure".into(),
+            detail: "no Azure workload identity in this pod".into(),
+            transient: false,
+        };
+        let failure = Failure::from_copy_error_in(&error, None);
+        assert_eq!(failure.reason, Reason::AuthenticationFailed);
+        assert!(!failure.transient);
+        assert!(
+            failure.message.contains("docs/cloud.md")
+                && failure.message.contains("spec.source.provider: generic"),
+            "{}",
+            failure.message
         );
     }
 

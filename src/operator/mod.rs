@@ -129,6 +129,7 @@ fn engine_settings(args: &ControllerArgs) -> anyhow::Result<EngineSettings> {
                 "the proxy environment variable {problem}; fix it, or unset it to connect directly"
             )
         })?,
+        cloud_environment: bundlecopy_engine::CloudEnvironment::from_env(),
         ..EngineSettings::default()
     };
     if let Some(path) = &args.extra_ca_file {

@@ -209,6 +209,7 @@ async fn read_endpoint(
         insecure: endpoint.insecure,
         ca_pem,
         proxy,
+        provider: endpoint.provider.engine(),
         credentials: if configs.is_empty() {
             DockerConfig::default()
         } else {

@@ -32,6 +32,8 @@ pub(crate) const ALL_TOGGLES: &[&str] = &[
     "proxy.httpsProxy=http://proxy.corp.example:3128",
     "proxy.noProxy=10.0.0.0/8",
     "proxy.fromSecret=corp-proxy-env",
+    "azureWorkloadIdentity=true",
+    "serviceAccount.annotations.azure\\.workload\\.identity/client-id=00000000-1111-2222-3333-444444444444",
 ];
 
 /// The value sets rendered by the validation and security tests.
@@ -1001,6 +1003,32 @@ fn proxy_values_become_the_controller_environment() {
         environment(&without)
     );
     assert!(controller_container(&without).get("envFrom").is_none());
+}
+
+#[test]
+fn cloud_identity_values_label_the_pod_and_annotate_the_service_account() {
+    let objects = render(&[
+        "azureWorkloadIdentity=true",
+        "serviceAccount.annotations.azure\\.workload\\.identity/client-id=00000000-1111-2222-3333-444444444444",
+    ]);
+    let labels = &only_one(&objects, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        string_at(labels, &["azure.workload.identity/use"]),
+        Some("true")
+    );
+    assert_eq!(
+        string_at(
+            &only_one(&objects, "ServiceAccount")["metadata"]["annotations"],
+            &["azure.workload.identity/client-id"]
+        ),
+        Some("00000000-1111-2222-3333-444444444444")
+    );
+    let without = render(&[]);
+    let labels = &only_one(&without, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        labels.get("azure.workload.identity/use").is_none(),
+        "{labels:?}"
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn endpoint(registry: &TestRegistry) -> EndpointOptions {
             DockerConfig::default()
         },
         proxy: None,
+        provider: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ pub(crate) fn direct(registry: &TestRegistry) -> EndpointOptions {
         ca_pem: registry.ca_pem().map(|pem| pem.as_bytes().to_vec()),
         credentials: engine_config(&DockerConfig::new().with_registry(registry)),
         proxy: None,
+        provider: Default::default(),
     }
 }
 
@@ -54,6 +55,7 @@ pub(crate) fn proxied(proxy: &FaultProxy, registry: &TestRegistry) -> EndpointOp
         ca_pem: None,
         credentials: engine_config(&DockerConfig::new().with_host_as(&proxy.host(), registry)),
         proxy: None,
+        provider: Default::default(),
     }
 }
 

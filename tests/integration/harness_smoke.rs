@@ -624,9 +624,10 @@ async fn harness_token_registry_refuses_anonymous_pushes_and_accepts_tokens() {
     let answer: serde_json::Value =
         serde_json::from_slice(&password_grant.bytes().await.unwrap()).unwrap();
     assert_eq!(answer["refresh_token"], token_server.identity_token());
+    let identity_token = token_server.identity_token();
     let refresh_grant = post_form(form(&[
         ("grant_type", "refresh_token"),
-        ("refresh_token", token_server.identity_token()),
+        ("refresh_token", identity_token.as_str()),
         ("service", token_server.service()),
         ("scope", scope),
         ("client_id", "bundlecopy-test"),

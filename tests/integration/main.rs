@@ -6,6 +6,7 @@ mod support;
 mod architecture;
 mod bad_input;
 mod chart;
+mod cloud;
 mod controller;
 mod copy;
 mod crd_rules;

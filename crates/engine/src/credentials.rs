@@ -30,9 +30,18 @@ pub struct CredentialsError(pub String);
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     IdentityToken(String),
     RegistryToken(String),
+    /// An Entra ID access token (`provider: azure`), exchanged at the registry's token server
+    /// for an ACR refresh token before use.
+    EntraToken {
+        token: String,
+        tenant: String,
+    },
 }
 
 impl Credential {
@@ -42,6 +51,7 @@ impl Credential {
             Credential::Basic { .. } => "username/password",
             Credential::IdentityToken(_) => "identity token",
             Credential::RegistryToken(_) => "registry token",
+            Credential::EntraToken { .. } => "Azure Entra ID token",
         }
     }
 
@@ -60,6 +70,7 @@ impl std::fmt::Debug for Credential {
             Credential::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
             Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
             Credential::RegistryToken(_) => f.write_str("RegistryToken(<redacted>)"),
+            Credential::EntraToken { tenant, .. } => write!(f, "EntraToken({tenant}, <redacted>)"),
         }
     }
 }

@@ -92,6 +92,8 @@ pub enum Remedy {
     AllowAtProxy { side: Side, origin: ProxyOrigin },
     /// Give (working) credentials for the proxy.
     FixProxyCredentials { side: Side, origin: ProxyOrigin },
+    /// Set up the pod's cloud identity for this provider (docs/cloud.md).
+    SetUpCloudIdentity { side: Side, provider: String },
 }
 
 /// Where the proxy of a failed request was configured, so that a front end can name the setting.
@@ -201,6 +203,17 @@ pub enum CopyError {
         detail: String,
     },
 
+    /// The pod's cloud identity (`provider`) gave no registry credential; `detail` names the
+    /// missing set-up step, or the cloud endpoint that did not answer (`transient`).
+    #[error("{side} registry {registry}: provider {provider}: {detail}")]
+    CloudIdentity {
+        side: Side,
+        registry: String,
+        provider: String,
+        detail: String,
+        transient: bool,
+    },
+
     #[error("{side} registry {registry}: {detail}")]
     Registry {
         side: Side,
@@ -239,6 +252,13 @@ impl CopyError {
             CopyError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
             CopyError::RateLimited { .. } => ErrorKind::RateLimited,
             CopyError::Registry { .. } => ErrorKind::RegistryError,
+            CopyError::CloudIdentity { transient, .. } => {
+                if *transient {
+                    ErrorKind::Unreachable
+                } else {
+                    ErrorKind::AuthenticationFailed
+                }
+            }
             CopyError::Proxy { problem, .. } => match problem {
                 ProxyProblem::Unreachable => ErrorKind::ProxyUnreachable,
                 ProxyProblem::TunnelRefused => ErrorKind::ProxyRefused,
@@ -279,6 +299,15 @@ impl CopyError {
             CopyError::RateLimited { .. } => Remedy::WaitAndRetry,
             CopyError::SourceNotFound { .. } => Remedy::CheckSource,
             CopyError::InvalidCredentials(_) => Remedy::FixDockerConfig,
+            CopyError::CloudIdentity {
+                side,
+                provider,
+                transient: false,
+                ..
+            } => Remedy::SetUpCloudIdentity {
+                side: *side,
+                provider: provider.clone(),
+            },
             CopyError::Proxy {
                 side,
                 origin,
@@ -309,6 +338,7 @@ impl CopyError {
             | CopyError::DigestMismatch { side, .. }
             | CopyError::RateLimited { side, .. }
             | CopyError::Proxy { side, .. }
+            | CopyError::CloudIdentity { side, .. }
             | CopyError::Registry { side, .. } => Some(*side),
             CopyError::SourceNotFound { .. } | CopyError::NotABundle { .. } => Some(Side::Source),
             CopyError::DestinationExists { .. } => Some(Side::Destination),

@@ -8,6 +8,7 @@
 //! `inspect`.
 
 pub mod bundle;
+pub mod cloud;
 pub mod copy;
 pub mod credentials;
 pub mod digest;
@@ -29,7 +30,9 @@ pub use inspect::{
 };
 pub use proxy::{ProxyEnvironment, ProxyOptions};
 pub use registry::transport::validate_ca_pem;
-pub use settings::{EndpointOptions, EngineSettings, ReferrerSelection};
+pub use settings::{
+    CloudEnvironment, EndpointOptions, EngineSettings, Provider, ReferrerSelection,
+};
 
 /// Install ring as the process-wide rustls crypto provider. Every TLS client in this process
 /// (registry and Kubernetes) uses it; calling twice is harmless.

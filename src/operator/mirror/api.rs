@@ -7,7 +7,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::operator::crd::{CaSecretReference, Endpoint, Referrers, SecretReference};
+use crate::operator::crd::{
+    CaSecretReference, CloudProvider, Endpoint, Referrers, SecretReference,
+};
 
 /// Label on every BundleCopy a mirror owns: the mirror's name.
 pub const MIRROR_LABEL: &str = "bundlecopy.dev/mirror";
@@ -131,6 +133,11 @@ pub struct MirrorSource {
     /// BundleCopy): key `address`, optional keys `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_secret_ref: Option<SecretReference>,
+
+    /// Where registry credentials come from besides `credentials` (as for a BundleCopy):
+    /// `generic`, `aws`, `azure` or `gcp`.
+    #[serde(default, skip_serializing_if = "CloudProvider::is_generic")]
+    pub provider: CloudProvider,
 }
 
 impl MirrorSource {
@@ -143,6 +150,7 @@ impl MirrorSource {
             ca_secret_ref: self.ca_secret_ref.clone(),
             credentials: self.credentials.clone(),
             proxy_secret_ref: self.proxy_secret_ref.clone(),
+            provider: self.provider,
         }
     }
 }

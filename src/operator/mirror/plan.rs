@@ -412,6 +412,7 @@ mod tests {
                 proxy_secret_ref: Some(crate::operator::crd::SecretReference {
                     name: "corp-proxy".into(),
                 }),
+                provider: crate::operator::crd::CloudProvider::Aws,
             },
             destination: Endpoint {
                 reference: "registry.internal:5000/mirror".into(),
@@ -419,6 +420,7 @@ mod tests {
                 ca_secret_ref: None,
                 credentials: vec![],
                 proxy_secret_ref: None,
+                provider: Default::default(),
             },
             tags: TagSelector {
                 semver: Some(">=1.0.0 <2.0.0".into()),
@@ -464,6 +466,10 @@ mod tests {
                 .as_ref()
                 .map(|r| r.name.as_str()),
             Some("corp-proxy")
+        );
+        assert_eq!(
+            child.source.provider,
+            crate::operator::crd::CloudProvider::Aws
         );
         assert_eq!(child.destination, spec().destination);
         assert_eq!(child.interval.as_deref(), Some("10m"));

@@ -5,7 +5,7 @@
 //! controller` binary): `process` (start-up, readiness, SIGTERM), `leader` (leader election
 //! between real controllers), `restart` (a controller killed mid-copy), `stalled` (a registry
 //! that stops answering), `malformed` (objects that do not deserialize), `mirror` (a BundleMirror
-//! and its children), `proxy` (proxySecretRef through a real forward proxy) and `scale` (1,000
+//! and its children), `proxy` (proxySecretRef through a real forward proxy, and a cloud `provider`) and `scale` (1,000
 //! BundleCopies).
 
 mod leader;

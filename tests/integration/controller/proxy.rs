@@ -5,7 +5,8 @@
 //! `address` ends `InvalidSecret` naming the field, and fixing it re-triggers the copy (the
 //! Secret watch maps proxy Secrets to the BundleCopies naming them); a wrong proxy password ends
 //! `ProxyAuthenticationFailed`. The proxy password is in no log line (debug level), status or
-//! Event.
+//! Event. Also the other way of reaching an enterprise registry: `provider: gcp`, with the
+//! controller's cloud identity from its environment.
 //! `cargo test --test integration controller::proxy`
 
 use std::time::Duration;
@@ -216,5 +217,81 @@ async fn controller_copies_through_the_proxy_of_a_proxy_secret_and_reports_bad_o
         state.unexpected.is_empty(),
         "unexpected requests: {:?}",
         state.unexpected
+    );
+}
+
+/// `provider: gcp` through the whole controller: the CRD field reaches the engine, and the
+/// controller reads the cloud identity's variables (`GCE_METADATA_HOST`) from its environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_copies_with_the_cloud_identity_a_provider_names() {
+    use crate::support::fake_cloud::{FakeCloud, Reply};
+    let (source, destination) = tokio::join!(
+        TestRegistry::start(RegistryKind::Plain),
+        TestRegistry::start(RegistryKind::Token)
+    );
+    let pushed = push_bundle(&source, "hello", "v1", &BundleSpec::new("hello", "0.1.0")).await;
+    let accept = destination.token_server().unwrap().accept();
+    let metadata = FakeCloud::start(move |request| {
+        if request.header("metadata-flavor") != Some("Google") {
+            return Reply::text(403, "text/plain", "Missing Metadata-Flavor:Google header.");
+        }
+        accept.basic("oauth2accesstoken", "ya29.controller-token");
+        Reply::json(
+            200,
+            json!({"access_token": "ya29.controller-token", "expires_in": 3599, "token_type": "Bearer"}),
+        )
+        .with_header("Metadata-Flavor", "Google")
+    });
+    let mut state = ApiState::default();
+    state.objects.insert(
+        "from-gcp".into(),
+        bundle_copy_object(
+            NAMESPACE,
+            "from-gcp",
+            1,
+            json!({"source": {"reference": pushed.reference},
+                   "destination": {"reference": format!("{}/gcp", destination.host()),
+                                   "provider": "gcp"}}),
+            None,
+        ),
+    );
+    let api = FakeApiServer::start(NAMESPACE, state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let host = metadata.host();
+    let mut controller = ControllerProcess::start_with_env(
+        &kubeconfig,
+        NAMESPACE,
+        dir.path(),
+        "controller.log",
+        &[],
+        &[("GCE_METADATA_HOST", host.as_str())],
+    );
+    controller.wait_ready(Duration::from_secs(60)).await;
+    controller
+        .wait_until(
+            Duration::from_secs(60),
+            || {
+                ready(&api, "from-gcp").map(|(status, reason, _)| (status, reason))
+                    == Some(("True".into(), "Copied".into()))
+            },
+            || format!("from-gcp: {:?}", ready(&api, "from-gcp")),
+        )
+        .await;
+    assert_bundle_copied(
+        &source,
+        "hello",
+        &destination,
+        "gcp/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    assert!(!metadata.requests().is_empty());
+    controller.stop(Duration::from_secs(20)).await;
+    assert_no_secret(
+        "controller log",
+        &controller.log(),
+        &["ya29.controller-token".to_string()],
     );
 }

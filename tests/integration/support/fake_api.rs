@@ -785,6 +785,18 @@ impl ControllerProcess {
         log_name: &str,
         extra_args: &[&str],
     ) -> ControllerProcess {
+        ControllerProcess::start_with_env(kubeconfig, namespace, dir, log_name, extra_args, &[])
+    }
+
+    /// `start`, with extra environment variables (a cloud identity's, say).
+    pub fn start_with_env(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        dir: &std::path::Path,
+        log_name: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let log_path = dir.join(log_name);
         let log = std::fs::File::create(&log_path).unwrap();
@@ -806,6 +818,7 @@ impl ControllerProcess {
         }
         command
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("KUBECONFIG", kubeconfig)
             .env_remove("RUST_LOG")
             .env_remove("BUNDLECOPY_NAMESPACE")

@@ -36,6 +36,7 @@ pub mod bundle;
 pub mod check;
 pub mod client;
 pub mod fake_api;
+pub mod fake_cloud;
 pub mod forward_proxy;
 pub mod frozen_link;
 pub mod process;

@@ -4,7 +4,11 @@
 //! `GET /token?service=..&scope=..` with Basic credentials, and `POST /token` with an OAuth2 form
 //! (`grant_type=password` or `grant_type=refresh_token`, as Docker Hub accepts) both return an
 //! ES256 JWT granting every requested scope. The signing certificate travels in the JWT's `x5c`
-//! header and is the registry's `rootcertbundle`.
+//! header and is the registry's `rootcertbundle`. While it runs, a fake cloud can make it accept
+//! one more username and password, or replace its refresh token (`TokenServer::accept`), so that
+//! a client given no credentials gets in only with what the fake just issued (the harness's own
+//! test credentials, which such a client is never given, keep working for the checks); and
+//! `POST /oauth2/exchange` plays ACR's exchange of an Entra ID token for a refresh token.
 //!
 //! The server runs on its own thread with its own runtime, so it keeps answering while a test
 //! blocks (for example on `run_cli`) or after the runtime that started it has gone.
@@ -30,9 +34,9 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 pub const TOKEN_LIFETIME_SECONDS: u64 = 300;
 
 struct TokenState {
-    username: String,
-    password: String,
-    identity_token: String,
+    accepted: Mutex<Accepted>,
+    /// ACR's exchange: the Entra token it takes, and the tenant it must name.
+    exchange: Mutex<Option<(String, String)>>,
     service: String,
     issuer: String,
     signing_key: EcdsaKeyPair,
@@ -77,9 +81,13 @@ impl TokenServer {
         )
         .expect("load the token signing key into ring");
         let state = Arc::new(TokenState {
-            username: username.to_owned(),
-            password: password.to_owned(),
-            identity_token: format!("bundlecopy-test-identity-token-{}", std::process::id()),
+            accepted: Mutex::new(Accepted {
+                username: username.to_owned(),
+                password: password.to_owned(),
+                issued: None,
+                identity_token: format!("bundlecopy-test-identity-token-{}", std::process::id()),
+            }),
+            exchange: Mutex::new(None),
             service: service.to_owned(),
             issuer: issuer.to_owned(),
             signing_key,
@@ -136,8 +144,13 @@ impl TokenServer {
 
     /// The refresh token (Docker's `identitytoken`) this server accepts with
     /// `grant_type=refresh_token`.
-    pub fn identity_token(&self) -> &str {
-        &self.state.identity_token
+    pub fn identity_token(&self) -> String {
+        self.state.accepted().identity_token
+    }
+
+    /// A handle that replaces what this server accepts, for a fake cloud to hold.
+    pub fn accept(&self) -> AcceptHandle {
+        AcceptHandle(self.state.clone())
     }
 
     /// Every HTTP request received, good or bad.
@@ -164,6 +177,61 @@ impl TokenServer {
     pub fn issue_token(&self, scopes: &[&str]) -> String {
         let scopes: Vec<String> = scopes.iter().map(|scope| scope.to_string()).collect();
         make_jwt(&self.state, &scopes)
+    }
+}
+
+/// What the server accepts: the harness's username and password, one more pair issued by a
+/// fake cloud, one refresh token.
+#[derive(Clone)]
+struct Accepted {
+    username: String,
+    password: String,
+    issued: Option<(String, String)>,
+    identity_token: String,
+}
+
+impl Accepted {
+    fn basic(&self, username: &str, password: &str) -> bool {
+        (username == self.username && password == self.password)
+            || self
+                .issued
+                .as_ref()
+                .is_some_and(|(u, p)| u == username && p == password)
+    }
+}
+
+impl TokenState {
+    fn accepted(&self) -> Accepted {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Replaces what a running token server accepts.
+#[derive(Clone)]
+pub struct AcceptHandle(Arc<TokenState>);
+
+impl AcceptHandle {
+    /// Accept this username and password (and the harness's own) from now on, and no pair
+    /// issued before.
+    pub fn basic(&self, username: &str, password: &str) {
+        let mut accepted = self.0.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        accepted.issued = Some((username.to_owned(), password.to_owned()));
+    }
+
+    /// Accept only this refresh token from now on.
+    pub fn refresh_token(&self, token: &str) {
+        let mut accepted = self.0.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        accepted.identity_token = token.to_owned();
+    }
+
+    /// Serve ACR's `POST /oauth2/exchange`: for `access_token` in `tenant`, a new refresh token
+    /// (which is then the only one accepted).
+    pub fn exchange(&self, access_token: &str, tenant: &str) {
+        *self.0.exchange.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((access_token.to_owned(), tenant.to_owned()));
     }
 }
 
@@ -271,6 +339,9 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if request.uri().path() == "/oauth2/exchange" && request.method() == Method::POST {
+        return Ok(handle_exchange(&state, request).await);
+    }
     if request.uri().path() != "/token" {
         return Ok(json_response(
             StatusCode::NOT_FOUND,
@@ -293,7 +364,8 @@ fn handle_get(state: &TokenState, request: Request<Incoming>) -> Response<Full<B
     let Some((user, password)) = basic_credentials(&request) else {
         return unauthorized("credentials required");
     };
-    if user != state.username || password != state.password {
+    let accepted = state.accepted();
+    if !accepted.basic(&user, &password) {
         return unauthorized("invalid username or password");
     }
     let scopes = scopes_of(&pairs);
@@ -304,7 +376,7 @@ fn handle_get(state: &TokenState, request: Request<Incoming>) -> Response<Full<B
         "expires_in": TOKEN_LIFETIME_SECONDS,
     });
     if first(&pairs, "offline_token") == Some("true") {
-        body["refresh_token"] = serde_json::Value::from(state.identity_token.clone());
+        body["refresh_token"] = serde_json::Value::from(accepted.identity_token.clone());
     }
     json_response(StatusCode::OK, body)
 }
@@ -315,13 +387,14 @@ async fn handle_post(state: &TokenState, request: Request<Incoming>) -> Response
         Err(_) => return unauthorized("unreadable form body"),
     };
     let pairs = form_pairs(&String::from_utf8_lossy(&body));
+    let accepted = state.accepted();
     let authenticated = match first(&pairs, "grant_type") {
-        Some("password") => {
-            first(&pairs, "username") == Some(state.username.as_str())
-                && first(&pairs, "password") == Some(state.password.as_str())
-        }
+        Some("password") => accepted.basic(
+            first(&pairs, "username").unwrap_or_default(),
+            first(&pairs, "password").unwrap_or_default(),
+        ),
         Some("refresh_token") => {
-            first(&pairs, "refresh_token") == Some(state.identity_token.as_str())
+            first(&pairs, "refresh_token") == Some(accepted.identity_token.as_str())
         }
         _ => {
             return json_response(
@@ -339,11 +412,54 @@ async fn handle_post(state: &TokenState, request: Request<Incoming>) -> Response
         StatusCode::OK,
         serde_json::json!({
             "access_token": token,
-            "refresh_token": state.identity_token,
+            "refresh_token": accepted.identity_token,
             "expires_in": TOKEN_LIFETIME_SECONDS,
             "scope": scopes.join(" "),
             "token_type": "Bearer",
         }),
+    )
+}
+
+/// ACR's `POST /oauth2/exchange` (`grant_type=access_token`, `service`, `tenant`,
+/// `access_token`): a fresh refresh token for the one Entra token it was told to take.
+async fn handle_exchange(state: &TokenState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return unauthorized("unreadable form body"),
+    };
+    let pairs = form_pairs(&String::from_utf8_lossy(&body));
+    let expected = state
+        .exchange
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let Some((access_token, tenant)) = expected else {
+        return unauthorized("no exchange is served here");
+    };
+    let shaped = first(&pairs, "grant_type") == Some("access_token")
+        && first(&pairs, "service") == Some(state.service.as_str())
+        && first(&pairs, "tenant") == Some(tenant.as_str());
+    if !shaped {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"errors": [{"code": "BAD_REQUEST", "message": "grant_type=access_token, service and tenant are required"}]}),
+        );
+    }
+    if first(&pairs, "access_token") != Some(access_token.as_str()) {
+        return unauthorized("the access token was not issued by the fake Entra ID");
+    }
+    let refresh_token = format!(
+        "acr-refresh-{}",
+        state.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1
+    );
+    state
+        .accepted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .identity_token = refresh_token.clone();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({"refresh_token": refresh_token}),
     )
 }
 
@@ -381,7 +497,7 @@ fn make_jwt(state: &TokenState, scopes: &[String]) -> String {
     ring::rand::SecureRandom::fill(&state.rng, &mut jti).expect("random jti");
     let claims = serde_json::json!({
         "iss": state.issuer,
-        "sub": state.username,
+        "sub": state.accepted().username,
         "aud": state.service,
         "exp": now + TOKEN_LIFETIME_SECONDS,
         "nbf": now - 10,

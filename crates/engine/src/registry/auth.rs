@@ -266,9 +266,35 @@ impl Authenticated {
         })?;
         let preferred = self.lock().preferred;
         let count = self.candidates.len();
-        let mut refused = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
         for index in (0..count).map(|i| (i + preferred) % count) {
-            let credential = &self.candidates[index];
+            let exchanged;
+            let credential = match &self.candidates[index] {
+                // An Entra ID token is first exchanged for an ACR refresh token.
+                Credential::EntraToken { token, tenant } => {
+                    let at = crate::cloud::Exchange {
+                        registry: &self.endpoint.name,
+                        realm: &server.realm,
+                        service,
+                    };
+                    match crate::cloud::acr_refresh_token(&self.endpoint.http, &at, token, tenant)
+                        .await
+                    {
+                        Ok(refresh_token) => {
+                            exchanged = Credential::IdentityToken(refresh_token);
+                            &exchanged
+                        }
+                        Err(failure) if failure.transient => {
+                            return Err(self.endpoint.registry_error(None, failure.detail));
+                        }
+                        Err(failure) => {
+                            refused.push(format!("Azure Entra ID token: {}", failure.detail));
+                            continue;
+                        }
+                    }
+                }
+                other => other,
+            };
             let Some(request) = server.request(&self.endpoint.http, credential) else {
                 // A registry token is the bearer token itself.
                 self.lock().preferred = index;
@@ -285,7 +311,7 @@ impl Authenticated {
                     self.lock().preferred = index;
                     return Ok(token);
                 }
-                None => refused.push(credential.kind()),
+                None => refused.push(credential.kind().to_string()),
             }
         }
         if count > 0 {
@@ -413,7 +439,7 @@ impl<'a> TokenServer<'a> {
             Credential::Basic { username, password } => http
                 .get(self.get_url.clone())
                 .basic_auth(username, Some(password)),
-            Credential::RegistryToken(_) => return None,
+            Credential::RegistryToken(_) | Credential::EntraToken { .. } => return None,
         })
     }
 }

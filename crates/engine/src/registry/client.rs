@@ -29,6 +29,16 @@ impl Registry {
         endpoint: &EndpointOptions,
         settings: &EngineSettings,
     ) -> Result<Registry, CopyError> {
+        // The pod's cloud identity first (when the endpoint has a provider; before any request,
+        // so that a registry of another cloud is refused before it is contacted), then the
+        // Docker config's matches.
+        let cloud = crate::cloud::registry_credential(
+            endpoint.provider,
+            side,
+            reference.registry(),
+            settings,
+        )
+        .await?;
         let host = reference.api_host().to_string();
         let proxies = proxies_for(endpoint, settings);
         let transport = choose_transport(side, &host, &proxies, endpoint, settings).await?;
@@ -36,9 +46,14 @@ impl Registry {
         let base = Url::parse(&format!("{}://{host}/", transport.scheme())).map_err(|e| {
             CopyError::InvalidSpec(format!("registry host {host:?} cannot form a URL: {e}"))
         })?;
-        let candidates = endpoint
-            .credentials
-            .lookup(reference.registry(), reference.repository());
+        let candidates: Vec<_> = cloud
+            .into_iter()
+            .chain(
+                endpoint
+                    .credentials
+                    .lookup(reference.registry(), reference.repository()),
+            )
+            .collect();
         let repository = reference.repository().to_string();
         let scope = access.scope(&repository);
         let origin = Endpoint {
