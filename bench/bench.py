@@ -717,7 +717,8 @@ class Bench:
             prepared.unlink(missing_ok=True)
             subprocess.run([str(self.args.bin), "copy", "--source",
                             f"{self.source.host}/{shape.repository}:v1", "--destination",
-                            f"oci-archive:{prepared}:v1"], check=True, stdout=subprocess.DEVNULL)
+                            f"oci-archive:{prepared}:v1"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         for run in range(self.args.runs):
             order = ["ours", "skopeo"] if run % 2 == 0 else ["skopeo", "ours"]
             for tool in order:
@@ -742,8 +743,10 @@ class Bench:
                 if archive:
                     archive.unlink(missing_ok=True)
                 samples[tool].append(result)
+                moved = (f"{result['written_mib']:8.1f} MiB written to disk" if archive else
+                         f"{result['uploaded_mib']:8.1f} MiB uploaded")
                 log(f"  run {run + 1} {tool:6}: {result['wall_s']:6.2f} s wall, {result['cpu_s']:5.2f} s CPU, "
-                    f"{result['rss_mib']:6.1f} MiB RSS, {result['uploaded_mib']:8.1f} MiB uploaded"
+                    f"{result['rss_mib']:6.1f} MiB RSS, {moved}"
                     + (f", {result['source_requests']} source requests on {result['source_connections']} "
                        f"connections, {result['source_round_trips']} round trips, "
                        f"{result['destination_requests']} destination requests" if network else ""))
