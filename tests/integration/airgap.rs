@@ -281,6 +281,17 @@ async fn airgap_layout_directory_to_archive_to_registry() {
 const SKOPEO_CANNOT_COPY: [&str; 3] = ["multiarch", "mixed", "listindex"];
 const SKOPEO_CANNOT_READ: [&str; 1] = ["listindex"];
 
+/// The bundle of shape `name` (pushed as `shapes/NAME:v1`) is at `dst`'s `repo:v1`, every digest kept.
+async fn assert_shape_copied(
+    src: &TestRegistry,
+    name: &str,
+    dst: &TestRegistry,
+    repo: &str,
+    digest: &str,
+) {
+    assert_bundle_copied(src, &format!("shapes/{name}"), dst, repo, "v1", digest).await;
+}
+
 /// `skopeo copy --all --preserve-digests FROM TO` (plain HTTP registries), off the runtime.
 async fn skopeo_copy(from: String, to: String) {
     let args: Vec<String> = vec![
@@ -332,15 +343,7 @@ async fn airgap_skopeo_reads_what_we_write() {
         for (from, kind) in ends {
             let repo = format!("by-skopeo/{name}-from-{kind}");
             skopeo_copy(from, format!("docker://{}/{repo}:v1", dst.host())).await;
-            assert_bundle_copied(
-                &src,
-                &format!("shapes/{name}"),
-                &dst,
-                &repo,
-                "v1",
-                &pushed.index_digest,
-            )
-            .await;
+            assert_shape_copied(&src, name, &dst, &repo, &pushed.index_digest).await;
         }
     }
 }
@@ -365,15 +368,7 @@ async fn airgap_we_read_what_skopeo_writes() {
             let repo = format!("from-skopeo/{name}-{kind}");
             let stdout = copy_ok(&to, &format!("{}/{repo}", dst.host())).await;
             assert!(stdout.contains(&pushed.index_digest), "{stdout}");
-            assert_bundle_copied(
-                &src,
-                &format!("shapes/{name}"),
-                &dst,
-                &repo,
-                "v1",
-                &pushed.index_digest,
-            )
-            .await;
+            assert_shape_copied(&src, name, &dst, &repo, &pushed.index_digest).await;
         }
     }
 }
