@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bundlecopy against `skopeo copy --all`, on loopback registries, in the same run.
 
-    bench/bench.py [--runs 5] [--shapes 1,2,3,4a,4b,5,6] [--quick] [--workdir .work/bench]
+    bench/bench.py [--runs 5] [--shapes 1,2,3,4a,4b,5,6,1x,1i,3x,3i] [--quick] [--workdir .work/bench]
                    [--bin target/release/bundlecopy] [--keep-going]
     bench/bench.py --latency 50,100,50/200 [--shapes h,3,1] [--runs 3]
 
@@ -75,7 +75,9 @@ class Shape:
         self.component_layer_size = component_layer_size
         self.seed = seed
         # fresh: empty destination registry per copy; repeat: destination already holds the
-        # bundle; same-registry: a fresh repository of the source registry.
+        # bundle; same-registry: a fresh repository of the source registry; export: from the
+        # source registry into a new oci-archive file; import: from an oci-archive file (written
+        # once by bundlecopy) into an empty destination registry.
         self.mode = mode
         self.tls = tls
 
@@ -111,6 +113,15 @@ def shapes_for(quick):
         # porter-hello-like: the invocation image and two component images, 20 small layers.
         Shape("h", "porter-hello-like: 3 images, 8 x 512 KiB + 2 x 6 x 256 KiB layers", 8, 512 * 1024,
               2, 6, 256 * 1024, seed=5),
+        # Air gap: shapes 1 and 3 out to an oci-archive file and back in.
+        Shape("1x", f"shape 1 (4 x {big // MiB} MiB) registry -> oci-archive", 4, big, seed=1,
+              mode="export"),
+        Shape("1i", f"shape 1 (4 x {big // MiB} MiB) oci-archive -> registry", 4, big, seed=1,
+              mode="import"),
+        Shape("3x", f"shape 3 ({many} components) registry -> oci-archive", 3, MiB, many, 3, MiB,
+              seed=4, mode="export"),
+        Shape("3i", f"shape 3 ({many} components) oci-archive -> registry", 3, MiB, many, 3, MiB,
+              seed=4, mode="import"),
     ]
 
 
@@ -523,6 +534,18 @@ def source_traffic(events):
             "source_tls_probes": probes, "source_round_trips": max(best, default=0)}
 
 
+def archive_digest(path, tag):
+    """The digest an oci-archive's index.json gives `tag` (standard library tarfile)."""
+    import tarfile
+    with tarfile.open(path) as archive:
+        member = next(m for m in archive.getmembers() if m.name.lstrip("./") == "index.json")
+        index = json.load(archive.extractfile(member))
+    for entry in index.get("manifests", []):
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return entry["digest"]
+    return None
+
+
 def access_log_requests(path, offset):
     """Requests in a registry's access log (Apache combined format) after `offset`."""
     with open(path, "rb") as f:
@@ -593,14 +616,26 @@ class Bench:
                         "--component-layer-size", str(shape.component_layer_size)]
         return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
+    def archive(self, shape, tool):
+        """The archive file a shape's export writes, or its import reads (`prepared`)."""
+        return self.home / "archives" / f"{shape.key}-{tool}.tar"
+
     def commands(self, shape, destination_registry, destination_repository):
         source_host = self.proxy.host if self.proxy else self.source.host
         source = f"{source_host}/{shape.repository}:v1"
         destination = f"{destination_registry.host}/{destination_repository}:v1"
-        ours = [*self.args.wrap_ours, str(self.args.bin), "copy", "--source", source,
-                "--destination", destination]
+        # Each tool's source and destination: registries, or an archive for the air-gap shapes.
+        ends = {tool: (source, destination) for tool in ("ours", "skopeo")}
+        if shape.mode == "export":
+            ends = {tool: (source, f"oci-archive:{self.archive(shape, tool)}:v1") for tool in ends}
+        elif shape.mode == "import":
+            prepared = f"oci-archive:{self.archive(shape, 'prepared')}:v1"
+            ends = {tool: (prepared, destination) for tool in ends}
+        skopeo_name = lambda name: name if name.startswith("oci-archive:") else f"docker://{name}"
+        ours = [*self.args.wrap_ours, str(self.args.bin), "copy", "--source", ends["ours"][0],
+                "--destination", ends["ours"][1]]
         skopeo = ["skopeo", "--insecure-policy", "copy", "--all", "--preserve-digests", "--quiet",
-                  "--src-tls-verify=false", f"docker://{source}", f"docker://{destination}"]
+                  "--src-tls-verify=false", *map(skopeo_name, ends["skopeo"])]
         if destination_registry is self.secure:
             ours += ["--destination-ca-file", str(self.ca), "--docker-config", str(self.docker_config)]
             skopeo += ["--dest-cert-dir", str(self.cert_dir), "--dest-creds", f"{USER}:{PASSWORD}"]
@@ -609,7 +644,10 @@ class Bench:
             skopeo += ["--dest-tls-verify=false"]
         return {"ours": ours, "skopeo": skopeo}
 
-    def run_one(self, tool, command, destination_registry, destination_repository, expected):
+    def run_one(self, tool, command, destination_registry, destination_repository, expected,
+                mode="fresh", archive=None):
+        """One copy, measured. `archive`: the file an export writes (checked instead of the
+        destination registry)."""
         settle(self.args.max_dirty_mib * 1024, self.args.settle_timeout)
         received_before = read_proc_io(destination_registry.process.pid)["rchar"]
         served_before = read_proc_io(self.source.process.pid)["wchar"]
@@ -640,12 +678,24 @@ class Bench:
         # tool's own socket writes are used instead.
         same_registry = destination_registry is self.source
         result["uploaded_mib"] = result["sent_mib"] if same_registry else result["received_mib"]
+        # An export's destination is a file: what the tool wrote to disk (skopeo stages the layout
+        # in a temporary directory, then writes the tar).
+        result["written_mib"] = result["file_write_bytes"] / MiB if archive else None
+        if archive:
+            result["uploaded_mib"] = result["destination_registry_cpu_s"] = None
+        if mode == "import":
+            result["downloaded_mib"] = result["source_registry_cpu_s"] = None
         if result["exit"] != 0:
             raise RuntimeError(f"{tool} failed (exit {result['exit']}): {' '.join(command)}\n"
                                f"{result['stderr'][-3000:]}")
-        copied = destination_registry.manifest_digest(destination_repository, "v1")
+        if archive:
+            copied = archive_digest(archive, "v1")
+            where = str(archive)
+        else:
+            copied = destination_registry.manifest_digest(destination_repository, "v1")
+            where = "the destination"
         if copied != expected:
-            raise RuntimeError(f"{tool}: the destination holds {copied}, the source {expected}")
+            raise RuntimeError(f"{tool}: {where} holds {copied}, the source {expected}")
         return result
 
     def run_shape(self, shape, network=None):
@@ -658,6 +708,17 @@ class Bench:
             command = self.commands(shape, destination_registry, shape.repository)["ours"]
             self.run_one("ours (preparing the destination)", command, destination_registry,
                          shape.repository, expected)
+        if shape.mode in ("export", "import"):
+            (self.home / "archives").mkdir(exist_ok=True)
+        if shape.mode == "import":
+            # Both tools import the same archive, written here by bundlecopy (skopeo reading it
+            # is part of the interoperability the tests check).
+            prepared = self.archive(shape, "prepared")
+            prepared.unlink(missing_ok=True)
+            subprocess.run([str(self.args.bin), "copy", "--source",
+                            f"{self.source.host}/{shape.repository}:v1", "--destination",
+                            f"oci-archive:{prepared}:v1"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         for run in range(self.args.runs):
             order = ["ours", "skopeo"] if run % 2 == 0 else ["skopeo", "ours"]
             for tool in order:
@@ -669,14 +730,23 @@ class Bench:
                 else:
                     registry = destination_registry
                     repository = shape.repository
-                if shape.mode == "fresh":
+                if shape.mode in ("fresh", "import"):
                     registry.reset()
+                archive = None
+                if shape.mode == "export":
+                    archive = self.archive(shape, tool)
+                    archive.unlink(missing_ok=True)
                 remove_skopeo_caches()
                 command = self.commands(shape, registry, repository)[tool]
-                result = self.run_one(tool, command, registry, repository, expected)
+                result = self.run_one(tool, command, registry, repository, expected, shape.mode,
+                                      archive)
+                if archive:
+                    archive.unlink(missing_ok=True)
                 samples[tool].append(result)
+                moved = (f"{result['written_mib']:8.1f} MiB written to disk" if archive else
+                         f"{result['uploaded_mib']:8.1f} MiB uploaded")
                 log(f"  run {run + 1} {tool:6}: {result['wall_s']:6.2f} s wall, {result['cpu_s']:5.2f} s CPU, "
-                    f"{result['rss_mib']:6.1f} MiB RSS, {result['uploaded_mib']:8.1f} MiB uploaded"
+                    f"{result['rss_mib']:6.1f} MiB RSS, {moved}"
                     + (f", {result['source_requests']} source requests on {result['source_connections']} "
                        f"connections, {result['source_round_trips']} round trips, "
                        f"{result['destination_requests']} destination requests" if network else ""))
@@ -685,6 +755,8 @@ class Bench:
         if shape.mode == "same-registry":
             shutil.rmtree(self.source.storage / "docker/registry/v2/repositories/bench/same-registry",
                           ignore_errors=True)
+        if shape.mode == "import":
+            self.archive(shape, "prepared").unlink(missing_ok=True)
         key = f"{shape.key}@{network.key}" if network else shape.key
         self.results[key] = {"shape": shape, "network": network, "samples": samples}
 
@@ -716,6 +788,7 @@ class Bench:
 
 METRICS = [("wall_s", "wall time (s)", "{:.2f}"), ("cpu_s", "CPU user+sys (s)", "{:.2f}"),
            ("rss_mib", "peak RSS (MiB)", "{:.1f}"), ("uploaded_mib", "uploaded (MiB)", "{:.1f}"),
+           ("written_mib", "written to disk (MiB)", "{:.1f}"),
            ("downloaded_mib", "downloaded (MiB)", "{:.1f}"),
            ("destination_registry_cpu_s", "destination registry CPU (s)", "{:.2f}"),
            ("source_registry_cpu_s", "source registry CPU (s)", "{:.2f}")]
@@ -835,6 +908,13 @@ def targets(bench):
     if "6" in results:
         up = max(s["uploaded_mib"] for s in results["6"]["samples"]["ours"])
         check(up < 1, f"shape 6 no blob bytes uploaded (all mounted): {up * 1024:.1f} KiB written to sockets")
+    for key in ("1x", "1i", "3x", "3i"):
+        if key in results:
+            r = median(key, "ours", "wall_s") / median(key, "skopeo", "wall_s")
+            peak = max(s["rss_mib"] for s in results[key]["samples"]["ours"])
+            check(r <= 1 and peak <= 64,
+                  f"shape {key} ({results[key]['shape'].title}): wall time ≤ skopeo's and peak RSS ≤ "
+                  f"64 MiB: {r:.2f}, {peak:.1f} MiB")
     for key in ("1", "2", "4a", "4b"):
         if key in results:
             gib = results[key]["shape"].blob_bytes / GiB
@@ -848,8 +928,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, help="copies per tool and shape (default 5, --quick 3)")
     parser.add_argument("--shapes",
-                        help="comma-separated shapes: 1 2 3 4a 4b 5 6 h (see bench/README.md); default "
-                             "1,2,3,4a,4b,5,6, with --latency h,3,1")
+                        help="comma-separated shapes: 1 2 3 4a 4b 5 6 h 1x 1i 3x 3i (see bench/README.md); "
+                             "default 1,2,3,4a,4b,5,6,1x,1i,3x,3i, with --latency h,3,1")
     parser.add_argument("--latency", metavar="SETTINGS",
                         help="put the source behind bench/latency_proxy.py, once per comma-separated "
                              "setting RTT_MS or RTT_MS/MBIT, e.g. 50,100,50/200 (fresh-destination "
@@ -871,8 +951,8 @@ def main():
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     args.latency = [Network(s.strip()) for s in (args.latency or "").split(",") if s.strip()]
-    args.shapes = [s.strip() for s in (args.shapes or ("h,3,1" if args.latency else "1,2,3,4a,4b,5,6")).split(",")
-                   if s.strip()]
+    default_shapes = "h,3,1" if args.latency else "1,2,3,4a,4b,5,6,1x,1i,3x,3i"
+    args.shapes = [s.strip() for s in (args.shapes or default_shapes).split(",") if s.strip()]
     if args.latency and any(s not in ("1", "2", "3", "4a", "4b", "h") for s in args.shapes):
         sys.exit("--latency runs fresh-destination shapes only (1 2 3 4a 4b h)")
     args.wrap_ours = shlex.split(args.wrap_ours)

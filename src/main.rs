@@ -1,11 +1,11 @@
-//! `bundlecopy`: copy Porter bundles between registries (`copy`, `inspect`, `tags`), or run the operator
-//! (`controller`, `crd`).
+//! `bundlecopy`: copy Porter bundles between registries and OCI layouts (`copy`, `inspect`,
+//! `verify`, `tags`), or run the operator (`controller`, `crd`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use bundlecopy::cli::{self, CopyArgs, InspectArgs, TagsArgs};
+use bundlecopy::cli::{self, CopyArgs, InspectArgs, TagsArgs, VerifyArgs};
 use bundlecopy::operator::{self, args::ControllerArgs};
 
 #[derive(Debug, Parser)]
@@ -15,7 +15,7 @@ use bundlecopy::operator::{self, args::ControllerArgs};
     about = "Copy Porter (CNAB) bundles between OCI registries"
 )]
 struct Cli {
-    /// Log filter for stderr of `copy`, `inspect` and `tags` (also accepted after the subcommand)
+    /// Log filter for stderr of `copy`, `inspect`, `verify` and `tags` (also accepted after the subcommand)
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
 
@@ -25,12 +25,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Copy a bundle and every image it references to another registry (like `porter copy`)
+    /// Copy a bundle and every image it references to another registry (like `porter copy`), or
+    /// to and from an OCI layout directory or archive
     #[command(after_help = cli::PROXY_HELP)]
     Copy(CopyArgs),
     /// Show a bundle's name, version, digest, images and relocation map
     #[command(after_help = cli::PROXY_HELP)]
     Inspect(InspectArgs),
+    /// Read every manifest and blob of a bundle and check each against its digest
+    #[command(after_help = cli::PROXY_HELP)]
+    Verify(VerifyArgs),
     /// List a repository's tags, or those a BundleMirror with the same selection would copy
     #[command(after_help = cli::PROXY_HELP)]
     Tags(TagsArgs),
@@ -102,6 +106,17 @@ fn main() -> ExitCode {
                         .or(args.log_level.as_deref()),
                 );
                 cli::run_inspect(inspect).await.map_err(|e| e.message)
+            }
+            Command::Verify(verify) => {
+                init_cli_logging(
+                    verify
+                        .registry
+                        .connection
+                        .log_level
+                        .as_deref()
+                        .or(args.log_level.as_deref()),
+                );
+                cli::run_verify(verify).await.map_err(|e| e.message)
             }
             Command::Tags(tags) => {
                 init_cli_logging(

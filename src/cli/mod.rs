@@ -1,4 +1,4 @@
-//! The `bundlecopy copy`, `inspect` and `tags` commands: flags, Docker config loading,
+//! The `bundlecopy copy`, `inspect`, `verify` and `tags` commands: flags, Docker config loading,
 //! progress on stderr, the result on stdout, and one-line errors that say what to do.
 
 use std::io::{IsTerminal, Write};
@@ -12,7 +12,7 @@ use bundlecopy_engine::tags::{TagFilter, tag_version};
 use bundlecopy_engine::{
     CloudEnvironment, CopyError, CopyOutcome, CopyRequest, EndpointOptions, EngineSettings,
     Progress, ProgressSnapshot, Provider, ProxyEnvironment, ProxyOptions, Referrer,
-    ReferrerSelection, copy_bundle, inspect_bundle, list_tags,
+    ReferrerSelection, copy_bundle, inspect_bundle, list_tags, verify_bundle,
 };
 
 mod hints;
@@ -162,11 +162,13 @@ impl ReferrerArgs {
 /// `bundlecopy copy`: the equivalent of `porter copy`.
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
-    /// The bundle to copy, by tag or digest (REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST)
+    /// The bundle to copy, by tag or digest (REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST),
+    /// or in an OCI layout directory (oci:DIR[:TAG]) or archive (oci-archive:FILE[:TAG])
     #[arg(long, value_name = "REFERENCE")]
     pub source: String,
 
-    /// Where to copy it: a registry (host:port), a registry and organisation, or a full tagged reference
+    /// Where to copy it: a registry (host:port), a registry and organisation, a full tagged reference,
+    /// or an OCI layout directory (oci:DIR[:TAG]) or archive (oci-archive:FILE[:TAG])
     #[arg(long, value_name = "REFERENCE")]
     pub destination: String,
 
@@ -226,12 +228,27 @@ pub struct CopyArgs {
 /// `bundlecopy inspect`: what a bundle holds.
 #[derive(Debug, Clone, Args)]
 pub struct InspectArgs {
-    /// The bundle to inspect, by tag or digest
+    /// The bundle to inspect, by tag or digest, or oci:DIR[:TAG] or oci-archive:FILE[:TAG]
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
 
     #[command(flatten)]
     pub referrers: ReferrerArgs,
+
+    #[command(flatten)]
+    pub registry: OneRegistryArgs,
+}
+
+/// `bundlecopy verify`: read every manifest and blob of a bundle and check each digest.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The bundle to check, by tag or digest, or oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+
+    /// Blobs read at once
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
 
     #[command(flatten)]
     pub registry: OneRegistryArgs,
@@ -369,6 +386,7 @@ pub fn copy_request(args: &CopyArgs) -> Result<CopyRequest, CliError> {
         force: args.force,
         referrers: args.referrers.selection(),
         settings: settings(&args.connection, args.concurrency)?,
+        layouts: true,
     })
 }
 
@@ -503,6 +521,44 @@ pub async fn run_inspect(args: InspectArgs) -> Result<(), CliError> {
             }
         }
     }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| CliError {
+            message: format!("cannot write the report: {e}"),
+        })
+}
+
+/// Reads every manifest and blob of the bundle and prints what was checked; the first mismatch
+/// is the error.
+pub async fn run_verify(args: VerifyArgs) -> Result<(), CliError> {
+    let endpoint = args.registry.endpoint()?;
+    let started = Instant::now();
+    let report = verify_bundle(
+        &args.reference,
+        &endpoint,
+        &settings(&args.registry.connection, args.concurrency)?,
+    )
+    .await?;
+    let out = match args.registry.connection.output {
+        OutputFormat::Json => {
+            let mut out = serde_json::to_string_pretty(&report).map_err(|e| CliError {
+                message: format!("cannot render the report: {e}"),
+            })?;
+            out.push('\n');
+            out
+        }
+        OutputFormat::Text => format!(
+            "Verified {} {} in {:.1}s: {} manifests and {} blobs ({}) match their digests\n{}@{}\n",
+            display_name(&report.bundle.name),
+            report.bundle.version,
+            started.elapsed().as_secs_f64(),
+            report.manifests,
+            report.blobs,
+            human_bytes(report.bytes),
+            without_digest(&report.reference),
+            report.digest,
+        ),
+    };
     std::io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| CliError {

@@ -90,6 +90,9 @@ impl From<ErrorKind> for Reason {
             ErrorKind::ProxyUnreachable => Reason::ProxyUnreachable,
             ErrorKind::ProxyRefused => Reason::ProxyRefused,
             ErrorKind::ProxyAuthenticationFailed => Reason::ProxyAuthenticationFailed,
+            // Layouts and archives are the CLI's; a BundleCopy names registries only (validate.rs),
+            // so this is a spec that should not have been accepted.
+            ErrorKind::InvalidLayout => Reason::InvalidSpec,
         }
     }
 }

@@ -374,6 +374,8 @@ impl Run {
             force: spec.force || cause == CopyCause::SourceMoved,
             referrers: spec.referrers.selection(&spec.artifact_types),
             settings: self.ctx.engine.clone(),
+            // A BundleCopy names registries; the controller never touches files.
+            layouts: false,
         };
         let progress = Progress::default();
         self.copy_started(&spec, &valid, cause, &progress).await?;

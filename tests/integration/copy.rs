@@ -14,7 +14,7 @@ use crate::support::{
 };
 
 /// How the engine reaches a test registry: its CA when it has TLS, its credentials when it needs them.
-fn endpoint(registry: &TestRegistry) -> EndpointOptions {
+pub(crate) fn endpoint(registry: &TestRegistry) -> EndpointOptions {
     EndpointOptions {
         insecure: false,
         ca_pem: registry.ca_pem().map(|pem| pem.as_bytes().to_vec()),
@@ -28,7 +28,7 @@ fn endpoint(registry: &TestRegistry) -> EndpointOptions {
     }
 }
 
-fn request(
+pub(crate) fn request(
     source: String,
     destination: String,
     src: EndpointOptions,
@@ -45,7 +45,7 @@ fn request(
 }
 
 /// Run the CLI off the async runtime, so registries' token servers and clients keep running.
-async fn cli(args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn cli(args: &[&str]) -> (i32, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -59,7 +59,7 @@ async fn copy(request: &CopyRequest) -> Result<CopyOutcome, CopyError> {
 }
 
 /// A small bundle with one component and a blob shared between its images.
-fn small_bundle(name: &str) -> BundleSpec {
+pub(crate) fn small_bundle(name: &str) -> BundleSpec {
     BundleSpec::new(name, "0.1.0")
         .with_component("db", ImageFormat::Oci, &[3000, 7000])
         .with_shared_layer(5000)
@@ -419,11 +419,9 @@ async fn copy_refuses_a_different_bundle_at_the_tag_unless_forced() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn copy_every_bundle_shape_keeps_every_digest() {
-    let src = TestRegistry::start(RegistryKind::Plain).await;
-    let dst = TestRegistry::start(RegistryKind::Plain).await;
-    let shapes = [
+/// Every bundle shape the copy must keep byte for byte, by name.
+pub(crate) fn bundle_shapes() -> [(&'static str, BundleSpec); 6] {
+    [
         (
             "multiarch",
             BundleSpec::new("multiarch", "1.0.0")
@@ -456,8 +454,14 @@ async fn copy_every_bundle_shape_keeps_every_digest() {
             "porter",
             BundleSpec::new("porter", "1.0.0").with_porter_stamp(false),
         ),
-    ];
-    for (name, spec) in shapes {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_every_bundle_shape_keeps_every_digest() {
+    let src = TestRegistry::start(RegistryKind::Plain).await;
+    let dst = TestRegistry::start(RegistryKind::Plain).await;
+    for (name, spec) in bundle_shapes() {
         let pushed = push_bundle(&src, &format!("shapes/{name}"), "v1", &spec).await;
         let outcome = copy(&request(
             pushed.reference.clone(),

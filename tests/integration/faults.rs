@@ -79,6 +79,7 @@ pub(crate) fn copy_request(
         force: false,
         referrers: Default::default(),
         settings,
+        layouts: false,
     }
 }
 
@@ -98,15 +99,6 @@ fn faulty_bundle() -> BundleSpec {
     BundleSpec::new("faulty", "1.0.0")
         .with_component("db", ImageFormat::Oci, &[150_000, 30_000])
         .with_shared_layer(5_000)
-}
-
-fn largest_blob(pushed: &PushedBundle) -> (String, u64) {
-    pushed
-        .blobs
-        .iter()
-        .max_by_key(|(_, size)| *size)
-        .cloned()
-        .unwrap()
 }
 
 /// GET requests the proxy saw for a path containing `fragment`.
@@ -169,7 +161,7 @@ async fn faults_connection_reset_in_the_middle_of_a_blob_is_retried() {
     let dst = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(&src, "faults/app", "v1", &faulty_bundle()).await;
     let proxy = FaultProxy::start(&src);
-    let (big, size) = largest_blob(&pushed);
+    let (big, size) = pushed.largest_blob();
     proxy.add_rule(
         Rule::new(Fault::ResetAfter { bytes: size / 3 })
             .method(Method::GET)
@@ -470,7 +462,7 @@ async fn faults_stalled_responses_time_out_instead_of_hanging() {
         max_attempts: 2,
         ..fast_settings()
     };
-    let (big, _) = largest_blob(&pushed);
+    let (big, _) = pushed.largest_blob();
     let stalls = [
         (
             "a response that never starts",
@@ -541,7 +533,7 @@ async fn faults_wrong_or_short_bytes_are_a_digest_mismatch_and_nothing_reference
     let dst = TestRegistry::start(RegistryKind::Plain).await;
     let pushed = push_bundle(&src, "faults/app", "v1", &faulty_bundle()).await;
     let proxy = FaultProxy::start(&src);
-    let (big, size) = largest_blob(&pushed);
+    let (big, size) = pushed.largest_blob();
     let (small, _) = pushed
         .blobs
         .iter()

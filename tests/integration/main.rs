@@ -3,6 +3,7 @@
 
 mod support;
 
+mod airgap;
 mod architecture;
 mod bad_input;
 mod chart;

@@ -49,6 +49,8 @@ pub enum ErrorKind {
     ProxyRefused,
     /// The proxy answered 407: no or wrong proxy credentials.
     ProxyAuthenticationFailed,
+    /// A local OCI layout or archive that cannot be read or written as asked.
+    InvalidLayout,
 }
 
 impl ErrorKind {
@@ -227,6 +229,26 @@ pub enum CopyError {
     /// without its referrers (`CopyError::concerns_referrers`).
     #[error("{what}: {cause}")]
     Referrer { what: String, cause: Box<CopyError> },
+
+    /// A local OCI image layout (`oci:`) or archive (`oci-archive:`) that cannot be read or
+    /// written as asked: a truncated tar, an unknown layout version, a file that cannot be
+    /// written, or (`problem` `Mismatch`) bytes that are not what their digest names.
+    #[error("{side} {location}: {detail}")]
+    Layout {
+        side: Side,
+        location: String,
+        problem: LayoutProblem,
+        detail: String,
+    },
+}
+
+/// What is wrong with a layout or archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutProblem {
+    /// It cannot be read or written (missing, damaged, of an unknown version, a file system error).
+    Unusable,
+    /// A blob or manifest whose bytes do not match its digest or size.
+    Mismatch,
 }
 
 fn retry_hint(retry_after: Option<Duration>) -> String {
@@ -263,6 +285,10 @@ impl CopyError {
                 ProxyProblem::Unreachable => ErrorKind::ProxyUnreachable,
                 ProxyProblem::TunnelRefused => ErrorKind::ProxyRefused,
                 ProxyProblem::AuthenticationFailed => ErrorKind::ProxyAuthenticationFailed,
+            },
+            CopyError::Layout { problem, .. } => match problem {
+                LayoutProblem::Unusable => ErrorKind::InvalidLayout,
+                LayoutProblem::Mismatch => ErrorKind::DigestMismatch,
             },
             CopyError::Referrer { cause, .. } => cause.kind(),
         }
@@ -339,7 +365,8 @@ impl CopyError {
             | CopyError::RateLimited { side, .. }
             | CopyError::Proxy { side, .. }
             | CopyError::CloudIdentity { side, .. }
-            | CopyError::Registry { side, .. } => Some(*side),
+            | CopyError::Registry { side, .. }
+            | CopyError::Layout { side, .. } => Some(*side),
             CopyError::SourceNotFound { .. } | CopyError::NotABundle { .. } => Some(Side::Source),
             CopyError::DestinationExists { .. } => Some(Side::Destination),
             CopyError::InvalidSpec(_) | CopyError::InvalidCredentials(_) => None,
@@ -360,6 +387,8 @@ impl CopyError {
         match self {
             CopyError::Registry { status, .. } => status.is_none_or(|s| s >= 500 || s == 408),
             CopyError::Referrer { cause, .. } => cause.is_transient(),
+            // A file reads the same the next time.
+            CopyError::Layout { .. } => false,
             other => other.kind().is_transient(),
         }
     }

@@ -1,19 +1,28 @@
-//! Read a bundle without copying it (`bundlecopy inspect`), resolve a reference to a digest
-//! (the operator's check of a tag), list a bundle's referrers (the operator's check for
-//! signatures added later) and a repository's tags (what a mirror chooses from).
+//! Read a bundle without copying it (`bundlecopy inspect`), check every byte of one
+//! (`bundlecopy verify`), resolve a reference to a digest (the operator's check of a tag), list
+//! a bundle's referrers (the operator's check for signatures added later) and a repository's
+//! tags (what a mirror chooses from).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::TryStreamExt;
 use serde::Serialize;
 
 use crate::bundle;
+use crate::copy::ends::{AnySource, ReadEnd};
+use crate::copy::plan::walk_closure;
 use crate::copy::referrers::Referrer;
 use crate::copy::source::{SourceBundle, read_bundle, tag_or_digest};
-use crate::copy::{BundleInfo, closure_and_referrers, parse_reference};
+use crate::copy::{BundleInfo, closure_and_referrers, parse_location, parse_reference};
 use crate::error::{CopyError, Side};
+use crate::layout::location::Location;
+use crate::layout::reader::LayoutReader;
 use crate::reference::Reference;
 use crate::registry::{Access, Registry};
 use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
+use crate::verify;
 
 /// The digest a reference (tag or digest) resolves to, `None` when the registry has no such
 /// manifest. One HEAD (plus authentication).
@@ -73,24 +82,89 @@ pub struct InspectImage {
     pub size: u64,
 }
 
-/// Read a bundle without copying it, with the referrers `selection` asks for.
+/// A source opened for reading, with what the reports call it.
+struct Opened {
+    source: AnySource,
+    /// The location with its tag (or digest).
+    name: String,
+    /// The repository or layout, for messages and the relocation map.
+    repository: String,
+    /// The tag or digest to read.
+    reference: String,
+    /// The repository's name in the relocation map as cnab-to-oci computes it on pull.
+    relocated_in: String,
+}
+
+/// Open a registry reference or a layout (`oci:`, `oci-archive:`) for reading.
+async fn open(
+    reference: &str,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<Opened, CopyError> {
+    match parse_location(reference, true)? {
+        Location::Registry(reference) => {
+            let registry =
+                Registry::connect(Side::Source, &reference, Access::Pull, endpoint, settings)
+                    .await?;
+            Ok(Opened {
+                source: AnySource::Registry(Box::new(registry)),
+                name: reference.to_string(),
+                repository: reference.repository().to_string(),
+                reference: tag_or_digest(&reference).to_string(),
+                relocated_in: reference.familiar_name(),
+            })
+        }
+        Location::Layout(layout) => {
+            let reader = LayoutReader::open(&layout, Side::Source).await?;
+            let tag = reader.reference()?;
+            let repository = reader.name().to_string();
+            Ok(Opened {
+                name: layout.with_tag(&tag).to_string(),
+                relocated_in: repository.clone(),
+                repository,
+                reference: tag,
+                source: AnySource::Layout(reader),
+            })
+        }
+    }
+}
+
+/// Read a bundle without copying it, from a registry or a layout (`oci:`, `oci-archive:`), with
+/// the referrers `selection` asks for (a registry's only, so far).
 pub async fn inspect_bundle(
     reference: &str,
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
     selection: &ReferrerSelection,
 ) -> Result<InspectReport, CopyError> {
-    let reference = parse_reference(reference)?;
-    let registry =
-        Registry::connect(Side::Source, &reference, Access::Pull, endpoint, settings).await?;
-    let bundle = read_bundle(&registry, &reference).await?;
-    let referrers = bundle_referrers(&registry, &reference, &bundle, settings, selection).await?;
-    Ok(InspectReport {
-        reference: reference.to_string(),
+    let opened = open(reference, endpoint, settings).await?;
+    let bundle = read_bundle(&opened.source, &opened.name, &opened.reference).await?;
+    let referrers = match (&opened.source, parse_location(reference, true)?) {
+        (AnySource::Registry(registry), Location::Registry(reference)) => {
+            bundle_referrers(registry, &reference, &bundle, settings, selection).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok(report(
+        opened.name,
+        &bundle,
+        &opened.relocated_in,
+        referrers,
+    ))
+}
+
+fn report(
+    reference: String,
+    bundle: &SourceBundle,
+    repository: &str,
+    referrers: Vec<Referrer>,
+) -> InspectReport {
+    InspectReport {
+        reference,
         digest: bundle.index.digest.clone(),
         media_type: bundle.bundle_index.media_type.clone(),
-        bundle: BundleInfo::of(&bundle),
-        relocation_map: bundle::relocation_map(&bundle.images, &reference.familiar_name()),
+        bundle: BundleInfo::of(bundle),
+        relocation_map: bundle::relocation_map(&bundle.images, repository),
         images: bundle
             .images
             .iter()
@@ -103,6 +177,67 @@ pub async fn inspect_bundle(
             })
             .collect(),
         referrers,
+    }
+}
+
+/// What `bundlecopy verify` checked.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub reference: String,
+    pub digest: String,
+    pub bundle: BundleInfo,
+    /// Manifests read and checked, the index included.
+    pub manifests: u64,
+    /// Blobs read whole and checked.
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Read every manifest and every blob of a bundle, wherever it is, and check each against its
+/// digest and size; the first mismatch is the error.
+pub async fn verify_bundle(
+    reference: &str,
+    endpoint: &EndpointOptions,
+    settings: &EngineSettings,
+) -> Result<VerifyReport, CopyError> {
+    let Opened {
+        source: src,
+        name,
+        repository,
+        reference,
+        ..
+    } = open(reference, endpoint, settings).await?;
+    let src = &src;
+    let bundle = read_bundle(src, &name, &reference).await?;
+    let concurrency = settings.max_concurrent_blobs.max(1);
+    let plan = walk_closure(
+        src,
+        &repository,
+        &bundle.bundle_index,
+        &bundle.config_manifest,
+        concurrency,
+    )
+    .await?;
+    let bytes = Arc::new(AtomicU64::new(0));
+    futures_util::stream::iter(plan.blob_order().into_iter().map(Ok::<_, CopyError>))
+        .try_for_each_concurrent(concurrency, |blob| {
+            let bytes = bytes.clone();
+            async move {
+                let stream = src.open_blob(&blob).await?;
+                verify::check(stream, &blob.digest, blob.size, &bytes)
+                    .await
+                    .map_err(|problem| src.stream_problem(&blob.digest, problem))
+            }
+        })
+        .await?;
+    Ok(VerifyReport {
+        reference: name,
+        digest: bundle.index.digest.clone(),
+        bundle: BundleInfo::of(&bundle),
+        manifests: plan.manifests.len() as u64 + 1,
+        blobs: plan.blobs.len() as u64,
+        bytes: bytes.load(Ordering::Relaxed),
     })
 }
 
@@ -117,7 +252,7 @@ pub async fn list_referrers(
 ) -> Result<Vec<Referrer>, CopyError> {
     let reference = parse_reference(reference)?;
     let registry = Registry::connect(side, &reference, Access::Pull, endpoint, settings).await?;
-    let bundle = read_bundle(&registry, &reference).await?;
+    let bundle = read_bundle(&registry, &reference.to_string(), tag_or_digest(&reference)).await?;
     let mut found = bundle_referrers(&registry, &reference, &bundle, settings, selection).await?;
     found.sort();
     Ok(found)

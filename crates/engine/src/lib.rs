@@ -3,9 +3,9 @@
 //! of a command line; the `bundlecopy` binary's CLI and operator are its two front ends.
 //!
 //! Layers, bottom first (each uses only those below it; docs/architecture.md):
-//! `error`, `digest`, `proxy` → `settings` → `reference`, `credentials`, `bundle` → `registry` (transport,
-//! authentication and retries as layers of one client) → `copy` (plan → execute → verify) and
-//! `inspect`.
+//! `error`, `digest`, `proxy` → `settings` → `reference`, `credentials`, `bundle`, `verify` →
+//! `registry` (transport, authentication and retries as layers of one client) and `layout` (OCI
+//! layouts and archives) → `copy` (plan → execute → verify) and `inspect`.
 
 pub mod bundle;
 pub mod cloud;
@@ -14,19 +14,22 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod inspect;
+pub mod layout;
 pub mod proxy;
 pub mod reference;
 pub mod registry;
 pub mod settings;
 pub mod tags;
+pub mod verify;
 
 pub use copy::{
     BundleInfo, CopyOutcome, CopyRequest, FoundBy, Progress, ProgressSnapshot, Referrer,
     RelocatedImage, copy_bundle,
 };
-pub use error::{CopyError, ErrorKind, ProxyOrigin, Remedy, Side};
+pub use error::{CopyError, ErrorKind, LayoutProblem, ProxyOrigin, Remedy, Side};
 pub use inspect::{
-    InspectImage, InspectReport, inspect_bundle, list_referrers, list_tags, resolve_digest,
+    InspectImage, InspectReport, VerifyReport, inspect_bundle, list_referrers, list_tags,
+    resolve_digest, verify_bundle,
 };
 pub use proxy::{ProxyEnvironment, ProxyOptions};
 pub use registry::transport::validate_ca_pem;

@@ -351,7 +351,7 @@ fn validate_tag(tag: &str) -> Result<(), String> {
 
 /// A destination that is exactly `host:port` (no path, numeric port): our deliberate
 /// difference from Porter, which would read it as Docker Hub `library/host` tag `port`.
-fn is_bare_registry(destination: &str) -> bool {
+pub fn is_bare_registry(destination: &str) -> bool {
     if destination.contains(['/', '@']) {
         return false;
     }

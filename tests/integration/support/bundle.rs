@@ -254,6 +254,17 @@ pub struct PushedBundle {
     pub original_image_refs: BTreeMap<String, String>,
 }
 
+impl PushedBundle {
+    /// The largest blob of the bundle: `(digest, size)`.
+    pub fn largest_blob(&self) -> (String, u64) {
+        self.blobs
+            .iter()
+            .max_by_key(|(_, size)| *size)
+            .cloned()
+            .expect("a bundle has blobs")
+    }
+}
+
 /// An ordinary image (not a bundle).
 #[derive(Debug, Clone)]
 pub struct PushedImage {

@@ -135,8 +135,13 @@ pub fn skopeo_inspect_raw(registry: &TestRegistry, reference: &str) -> Vec<u8> {
         ));
     }
     args.push(format!("docker://{}/{reference}", registry.host()));
+    skopeo(&args)
+}
+
+/// `skopeo ARGS` (timeout 120 s), which must succeed; its stdout.
+pub fn skopeo(args: &[String]) -> Vec<u8> {
     let mut command = Command::new("skopeo");
-    command.args(&args);
+    command.args(args);
     let output = run_with_timeout(command, CLI_TIMEOUT);
     assert_eq!(
         output.code,

@@ -1,12 +1,13 @@
 //! Carry out a plan: every blob, then every manifest (deepest first), then the referrers
-//! (signatures, attestations, SBOMs; their subjects now exist), then the index under the
-//! destination tag. What to do with each blob is the registry client's
-//! (`Registry::transfer_blob`).
+//! (signatures, attestations, SBOMs; their subjects now exist; registry to registry), then the
+//! index under the destination tag. What to do with each blob is the destination's
+//! (`WriteEnd::receive_blob`: a registry skips, mounts or streams; a layout skips or writes).
 
 use std::collections::BTreeMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::ends::{ReadEnd, WriteEnd};
 use super::plan::{ClosureManifest, Plan};
 use super::progress::Progress;
 use super::referrers::{self, FoundReferrer, IndexUpdate};
@@ -18,9 +19,9 @@ use crate::registry::Registry;
 const MANIFEST_CONCURRENCY: usize = 8;
 
 /// Move every blob of the plan, `concurrency` at once, largest first.
-pub async fn transfer_blobs(
-    src: &Registry,
-    dst: &Registry,
+pub async fn transfer_blobs<S: ReadEnd, D: WriteEnd>(
+    src: &S,
+    dst: &D,
     plan: &Plan,
     concurrency: usize,
     progress: &Progress,
@@ -28,7 +29,7 @@ pub async fn transfer_blobs(
     futures_util::stream::iter(plan.blob_order().into_iter().map(Ok::<_, CopyError>))
         .try_for_each_concurrent(concurrency.max(1), |blob| async move {
             let action = dst
-                .transfer_blob(src, &blob, progress.byte_counter())
+                .receive_blob(src, &blob, progress.byte_counter())
                 .await?;
             progress.blob_done(action);
             tracing::debug!(digest = %blob.digest, size = blob.size, ?action, "blob done");
@@ -39,26 +40,23 @@ pub async fn transfer_blobs(
 
 /// Push the plan's manifests by digest, level by level, deepest first; one the destination
 /// already holds is not pushed again.
-pub async fn push_manifests(
-    dst: &Registry,
+pub async fn push_manifests<D: WriteEnd>(
+    dst: &D,
     plan: &Plan,
     progress: &Progress,
 ) -> Result<(), CopyError> {
     push_levels(dst, plan.push_levels(), progress).await
 }
 
-async fn push_levels(
-    dst: &Registry,
+async fn push_levels<D: WriteEnd>(
+    dst: &D,
     levels: Vec<Vec<&ClosureManifest>>,
     progress: &Progress,
 ) -> Result<(), CopyError> {
     for level in levels {
         futures_util::stream::iter(level.into_iter().map(Ok::<_, CopyError>))
             .try_for_each_concurrent(MANIFEST_CONCURRENCY, |m| async move {
-                if dst.head_manifest(&m.digest).await?.as_deref() != Some(m.digest.as_str()) {
-                    dst.put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
-                        .await?;
-                }
+                dst.store_manifest(m).await?;
                 progress.manifest_pushed();
                 Ok(())
             })

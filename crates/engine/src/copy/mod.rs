@@ -1,7 +1,9 @@
 //! A copy, as a pipeline: read the source bundle, plan (`plan`), find its referrers
-//! (`referrers`), execute (`execute`), verify the index the destination stored. The engine
-//! shared by the CLI and the operator.
+//! (`referrers`), execute (`execute`), verify the index the destination stored. Either end is a
+//! registry, a layout directory or an archive, behind the traits of `ends` (referrers travel
+//! between registries only, so far). The engine shared by the CLI and the operator.
 
+pub mod ends;
 mod execute;
 pub mod plan;
 mod progress;
@@ -14,13 +16,18 @@ use serde::Serialize;
 
 use crate::bundle::BundleImage;
 use crate::error::{CopyError, Side};
-use crate::reference::{Reference, derive_destination};
-use crate::registry::{Access, Registry};
+use crate::layout::archive::ArchiveWriter;
+use crate::layout::dir::DirWriter;
+use crate::layout::location::{LayoutKind, LayoutRef, Location};
+use crate::layout::reader::LayoutReader;
+use crate::reference::{Reference, derive_destination, is_bare_registry};
+use crate::registry::{Access, Manifest, Registry};
 use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
+use ends::{LayoutWriter, ReadEnd, WriteEnd};
 use plan::DestinationState;
 pub use progress::{Progress, ProgressSnapshot};
 pub use referrers::{FoundBy, Referrer};
-use source::SourceBundle;
+use source::{SourceBundle, tag_or_digest};
 
 /// One copy: `porter copy --source S --destination D`.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +43,9 @@ pub struct CopyRequest {
     /// Which signatures, attestations and SBOMs travel with the bundle (default: all).
     pub referrers: ReferrerSelection,
     pub settings: EngineSettings,
+    /// Accept `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]` (files on this machine) as either end:
+    /// the CLI's, never the operator's (there `oci:name` is the Docker Hub image `oci`).
+    pub layouts: bool,
 }
 
 /// Name and version from bundle.json.
@@ -87,12 +97,29 @@ pub fn parse_reference(text: &str) -> Result<Reference, CopyError> {
     Reference::parse(text.trim()).map_err(spec_error)
 }
 
-/// The two ends of a copy, connected.
-struct Ends {
-    source: Reference,
-    destination: Reference,
-    src: Registry,
-    dst: Registry,
+/// Parse where a bundle is: with `layouts`, `oci:` and `oci-archive:` name local layouts.
+pub fn parse_location(text: &str, layouts: bool) -> Result<Location, CopyError> {
+    if layouts {
+        Location::parse(text).map_err(spec_error)
+    } else {
+        parse_reference(text).map(Location::Registry)
+    }
+}
+
+/// What a copy says about its two ends.
+struct Names {
+    source: String,
+    /// The source repository (or layout), for messages of the closure walk.
+    source_repository: String,
+    destination: String,
+    /// The destination registry (or layout), for messages.
+    destination_name: String,
+    /// Where the images are after the copy, for the relocation map (`WHERE@digest`).
+    relocated_in: String,
+    /// The tag the index goes under: none for a registry destination named by digest.
+    tag: Option<String>,
+    /// The digest a registry destination is pinned to.
+    pinned: Option<String>,
 }
 
 /// Copy a bundle: read it, plan, find its referrers, execute, verify (docs/architecture.md,
@@ -102,47 +129,280 @@ pub async fn copy_bundle(
     request: &CopyRequest,
     progress: &Progress,
 ) -> Result<CopyOutcome, CopyError> {
-    let ends = connect(request).await?;
-    tracing::info!(source = %ends.source, destination = %ends.destination,
-        source_transport = ends.src.transport().describe(), destination_transport = ends.dst.transport().describe(),
-        "reading the bundle");
-    let bundle = source::read_bundle(&ends.src, &ends.source).await?;
-    let dst_reference = destination_reference(&ends.destination, &bundle)?;
-    let existing = ends.dst.head_manifest(&dst_reference).await?;
+    let settings = &request.settings;
+    match parse_location(&request.source, request.layouts)? {
+        Location::Registry(source) => {
+            let connect_source = Registry::connect(
+                Side::Source,
+                &source,
+                Access::Pull,
+                &request.source_endpoint,
+                settings,
+            );
+            match destination_from_registry(request, &source)? {
+                Location::Registry(destination) => {
+                    let access = plan::destination_access(&source, &destination);
+                    let (src, dst) = tokio::try_join!(
+                        connect_source,
+                        Registry::connect(
+                            Side::Destination,
+                            &destination,
+                            access,
+                            &request.destination_endpoint,
+                            settings
+                        ),
+                    )?;
+                    tracing::info!(source = %source, destination = %destination,
+                        source_transport = src.transport().describe(), destination_transport = dst.transport().describe(),
+                        "reading the bundle");
+                    let names = Names::of(&source, &Location::Registry(destination));
+                    run(request, progress, &src, tag_or_digest(&source), dst, names).await
+                }
+                Location::Layout(layout) => {
+                    let (src, dst) = tokio::try_join!(connect_source, open_writer(&layout))?;
+                    let names = Names::of(&source, &Location::Layout(layout));
+                    run(request, progress, &src, tag_or_digest(&source), dst, names).await
+                }
+            }
+        }
+        Location::Layout(layout) => {
+            let src = LayoutReader::open(&layout, Side::Source).await?;
+            let reference = src.reference()?;
+            let source_tag = crate::digest::validate(&reference)
+                .is_err()
+                .then_some(reference.as_str());
+            let shown = match source_tag {
+                Some(tag) => layout.with_tag(tag).to_string(),
+                None => format!("{}@{reference}", layout.without_tag()),
+            };
+            let mut names = Names::of_layout(shown, &src);
+            match destination_from_layout(request, source_tag)? {
+                Location::Registry(destination) => {
+                    let access = Access::Push { mount_from: None };
+                    let dst = Registry::connect(
+                        Side::Destination,
+                        &destination,
+                        access,
+                        &request.destination_endpoint,
+                        settings,
+                    )
+                    .await?;
+                    names.destination_is(&Location::Registry(destination));
+                    run(request, progress, &src, &reference, dst, names).await
+                }
+                Location::Layout(out) => {
+                    let dst = open_writer(&out).await?;
+                    names.destination_is(&Location::Layout(out));
+                    run(request, progress, &src, &reference, dst, names).await
+                }
+            }
+        }
+    }
+}
+
+/// The destination of a copy from a registry: a layout gets the source's tag when it names
+/// none; a registry follows Porter's derivation.
+fn destination_from_registry(
+    request: &CopyRequest,
+    source: &Reference,
+) -> Result<Location, CopyError> {
+    let text = request.destination.trim();
+    if request.layouts
+        && let Some(layout) = LayoutRef::parse(text)
+    {
+        let layout = layout.map_err(spec_error)?;
+        let tag = layout
+            .tag
+            .clone()
+            .or_else(|| source.tag().map(str::to_string))
+            .ok_or_else(|| {
+                spec_error(format!(
+                    "the source {source} names no tag, so the destination needs one: {}:TAG",
+                    layout.without_tag()
+                ))
+            })?;
+        return Ok(Location::Layout(layout.with_tag(&tag)));
+    }
+    derive_destination(source, text)
+        .map(Location::Registry)
+        .map_err(spec_error)
+}
+
+/// The destination of a copy from a layout: a layout or a registry repository gets the source's
+/// tag when it names none. (No Porter derivation: a layout has no repository name to append.)
+fn destination_from_layout(
+    request: &CopyRequest,
+    source_tag: Option<&str>,
+) -> Result<Location, CopyError> {
+    let text = request.destination.trim();
+    let needs_tag = |what: String| {
+        spec_error(format!(
+            "the source names no tag (its image is untagged), so the destination needs one: {what}"
+        ))
+    };
+    match Location::parse(text).map_err(spec_error)? {
+        Location::Layout(layout) => match (&layout.tag, source_tag) {
+            (Some(_), _) => Ok(Location::Layout(layout)),
+            (None, Some(tag)) => Ok(Location::Layout(layout.with_tag(tag))),
+            (None, None) => Err(needs_tag(format!("{}:TAG", layout.without_tag()))),
+        },
+        Location::Registry(_) if is_bare_registry(text) => Err(spec_error(format!(
+            "the destination {text} names a registry; from a layout, name the repository too: \
+             {text}/REPOSITORY[:TAG]"
+        ))),
+        Location::Registry(reference)
+            if reference.tag().is_some() || reference.digest().is_some() =>
+        {
+            Ok(Location::Registry(reference))
+        }
+        Location::Registry(reference) => match source_tag {
+            Some(tag) => {
+                parse_reference(&format!("{}:{tag}", reference.name())).map(Location::Registry)
+            }
+            None => Err(needs_tag(format!("{}:TAG", reference.name()))),
+        },
+    }
+}
+
+/// Open a layout directory or archive for writing.
+async fn open_writer(layout: &LayoutRef) -> Result<LayoutWriter, CopyError> {
+    Ok(match layout.kind {
+        LayoutKind::Directory => LayoutWriter::Directory(DirWriter::open(layout).await?),
+        LayoutKind::Archive => LayoutWriter::Archive(ArchiveWriter::open(layout).await?),
+    })
+}
+
+impl Names {
+    fn of(source: &Reference, destination: &Location) -> Names {
+        let mut names = Names {
+            source: source.to_string(),
+            source_repository: source.repository().to_string(),
+            destination: String::new(),
+            destination_name: String::new(),
+            relocated_in: String::new(),
+            tag: None,
+            pinned: None,
+        };
+        names.destination_is(destination);
+        names
+    }
+
+    fn of_layout(source: String, reader: &LayoutReader) -> Names {
+        Names {
+            source,
+            source_repository: reader.name().to_string(),
+            destination: String::new(),
+            destination_name: String::new(),
+            relocated_in: String::new(),
+            tag: None,
+            pinned: None,
+        }
+    }
+
+    fn destination_is(&mut self, destination: &Location) {
+        self.destination = destination.to_string();
+        match destination {
+            Location::Registry(reference) => {
+                self.destination_name = reference.registry().to_string();
+                self.relocated_in = reference.name();
+                self.tag = reference.tag().map(str::to_string);
+                self.pinned = reference.digest().map(str::to_string);
+            }
+            Location::Layout(layout) => {
+                self.destination_name = layout.without_tag();
+                self.relocated_in = layout.without_tag();
+                self.tag = layout.tag.clone();
+                self.pinned = None;
+            }
+        }
+    }
+}
+
+/// The copy from one end to the other, once both are open.
+async fn run<S: ReadEnd, D: WriteEnd>(
+    request: &CopyRequest,
+    progress: &Progress,
+    src: &S,
+    reference: &str,
+    mut dst: D,
+    names: Names,
+) -> Result<CopyOutcome, CopyError> {
+    let bundle = source::read_bundle(src, &names.source, reference).await?;
+    let dst_reference = destination_reference(&names, &bundle)?;
+    let existing = dst.tagged(&dst_reference).await?;
     let state = plan::destination_state(
         existing,
         &bundle.index.digest,
         request.force,
-        &ends.destination,
+        &names.destination,
     )?;
     let up_to_date = state == DestinationState::UpToDate;
-    if up_to_date && !request.referrers.copy {
-        tracing::info!(destination = %ends.destination, digest = %bundle.index.digest, "destination is up to date");
-        return Ok(outcome(&ends, &bundle, true, None, progress.snapshot()));
+    // Referrers travel between registries; to or from a layout only the bundle does, so far.
+    let registries = src.as_registry().zip(dst.as_registry());
+    let with_referrers = request.referrers.copy && registries.is_some();
+    if request.referrers.copy && registries.is_none() && !up_to_date {
+        tracing::warn!(
+            "signatures, attestations and SBOMs are not copied to or from layouts yet: only the bundle is"
+        );
+    }
+    if up_to_date && !with_referrers {
+        tracing::info!(destination = %names.destination, digest = %bundle.index.digest, "destination is up to date");
+        return Ok(outcome(&names, &bundle, true, None, progress.snapshot()));
     }
     let concurrency = request.settings.max_concurrent_blobs;
-    let (plan, discovery) = closure_and_referrers(
-        &ends.src,
-        ends.source.repository(),
-        &bundle,
-        &request.referrers,
-        concurrency,
-    )
-    .await?;
-    let generations = referrer_generations(&ends, &discovery, concurrency).await?;
+    let (plan, discovery) = match registries.filter(|_| with_referrers) {
+        Some((registry, _)) => {
+            closure_and_referrers(
+                registry,
+                &names.source_repository,
+                &bundle,
+                &request.referrers,
+                concurrency,
+            )
+            .await?
+        }
+        None => {
+            let plan = plan::walk_closure(
+                src,
+                &names.source_repository,
+                &bundle.bundle_index,
+                &bundle.config_manifest,
+                concurrency,
+            )
+            .await?;
+            (plan, referrers::Discovery::default())
+        }
+    };
+    let generations = match registries {
+        Some((registry, _)) => {
+            referrer_generations(registry, &names.source_repository, &discovery, concurrency)
+                .await?
+        }
+        None => Vec::new(),
+    };
     let work = Work {
         bundle: (!up_to_date).then_some(&plan),
         generations: &generations,
         discovery: &discovery,
     };
-    execute(&ends, &bundle, work, &dst_reference, request, progress).await?;
-    tracing::info!(destination = %ends.destination, digest = %bundle.index.digest,
+    execute(
+        src,
+        &mut dst,
+        &bundle,
+        work,
+        &dst_reference,
+        &names,
+        request,
+        progress,
+    )
+    .await?;
+    tracing::info!(destination = %names.destination, digest = %bundle.index.digest,
         referrers = discovery.referrers.len(), up_to_date, "bundle copied");
     Ok(outcome(
-        &ends,
+        &names,
         &bundle,
         up_to_date,
-        request.referrers.copy.then(|| discovery.reports()),
+        with_referrers.then(|| discovery.reports()),
         progress.snapshot(),
     ))
 }
@@ -172,7 +432,8 @@ pub(crate) async fn closure_and_referrers(
 
 /// The referrers found, generation by generation, each with the closure of its manifests.
 async fn referrer_generations<'a>(
-    ends: &Ends,
+    src: &Registry,
+    repository: &str,
     discovery: &'a referrers::Discovery,
     concurrency: usize,
 ) -> Result<Vec<execute::Generation<'a>>, CopyError> {
@@ -189,9 +450,8 @@ async fn referrer_generations<'a>(
             .iter()
             .filter(|r| r.generation == generation)
             .collect();
-        let roots: Vec<crate::registry::Manifest> =
-            referrers.iter().map(|r| r.manifest.clone()).collect();
-        let plan = plan::walk_from(&ends.src, ends.source.repository(), &roots, concurrency)
+        let roots: Vec<Manifest> = referrers.iter().map(|r| r.manifest.clone()).collect();
+        let plan = plan::walk_from(src, repository, &roots, concurrency)
             .await
             .map_err(|e| e.for_referrer(|| "reading the manifests of the referrers".into()))?;
         generations.push(execute::Generation { referrers, plan });
@@ -199,54 +459,19 @@ async fn referrer_generations<'a>(
     Ok(generations)
 }
 
-/// Parse both references and connect to both registries at once.
-async fn connect(request: &CopyRequest) -> Result<Ends, CopyError> {
-    let source = parse_reference(&request.source)?;
-    let destination =
-        derive_destination(&source, request.destination.trim()).map_err(spec_error)?;
-    let settings = &request.settings;
-    let access = plan::destination_access(&source, &destination);
-    let (src, dst) = tokio::try_join!(
-        Registry::connect(
-            Side::Source,
-            &source,
-            Access::Pull,
-            &request.source_endpoint,
-            settings
-        ),
-        Registry::connect(
-            Side::Destination,
-            &destination,
-            access,
-            &request.destination_endpoint,
-            settings
-        ),
-    )?;
-    Ok(Ends {
-        source,
-        destination,
-        src,
-        dst,
-    })
-}
-
 /// The tag the index is written under (the source digest when the destination names none); a
 /// destination pinned to another digest cannot receive this bundle.
-fn destination_reference(
-    destination: &Reference,
-    bundle: &SourceBundle,
-) -> Result<String, CopyError> {
+fn destination_reference(names: &Names, bundle: &SourceBundle) -> Result<String, CopyError> {
     let source_digest = &bundle.index.digest;
-    if let Some(wanted) = destination.digest()
+    if let Some(wanted) = &names.pinned
         && wanted != source_digest
     {
         return Err(CopyError::InvalidSpec(format!(
-            "destination {destination} names digest {wanted}, but the source bundle is {source_digest}"
+            "destination {} names digest {wanted}, but the source bundle is {source_digest}",
+            names.destination
         )));
     }
-    Ok(destination
-        .tag()
-        .map_or_else(|| source_digest.clone(), str::to_string))
+    Ok(names.tag.clone().unwrap_or_else(|| source_digest.clone()))
 }
 
 /// What a copy writes: the bundle's closure (unless the destination holds it already) and the
@@ -259,12 +484,15 @@ struct Work<'a> {
 
 /// Blobs, manifests, the referrers, then the index under its tag, last: when the tag moves,
 /// its signatures are already there. The destination must store the index under the source's
-/// digest.
-async fn execute(
-    ends: &Ends,
+/// digest before the copy is made visible (`commit`).
+#[allow(clippy::too_many_arguments)]
+async fn execute<S: ReadEnd, D: WriteEnd>(
+    src: &S,
+    dst: &mut D,
     bundle: &SourceBundle,
     work: Work<'_>,
     dst_reference: &str,
+    names: &Names,
     request: &CopyRequest,
     progress: &Progress,
 ) -> Result<(), CopyError> {
@@ -288,47 +516,50 @@ async fn execute(
         bytes = blobs.total_bytes(),
         "copying"
     );
-    let concurrency = request.settings.max_concurrent_blobs;
-    execute::transfer_blobs(&ends.src, &ends.dst, &blobs, concurrency, progress).await?;
-    let index = &bundle.index;
-    let media_type = &bundle.bundle_index.media_type;
+    let index = Manifest {
+        bytes: bundle.index.bytes.clone(),
+        media_type: bundle.bundle_index.media_type.clone(),
+        digest: bundle.index.digest.clone(),
+    };
     if let Some(plan) = work.bundle {
-        execute::push_manifests(&ends.dst, plan, progress).await?;
-        if !work.discovery.referrers.is_empty() {
+        dst.prepare(plan, dst_reference, &index).await?;
+    }
+    let dst = &*dst;
+    let concurrency = request.settings.max_concurrent_blobs;
+    execute::transfer_blobs(src, dst, &blobs, concurrency, progress).await?;
+    if let Some(plan) = work.bundle {
+        execute::push_manifests(dst, plan, progress).await?;
+    }
+    if let Some(registry) = dst.as_registry().filter(|_| !work.generations.is_empty()) {
+        if work.bundle.is_some() && !work.discovery.referrers.is_empty() {
             // Referrers of the index need it there first; its tag moves last.
-            ends.dst
-                .put_manifest(&index.digest, index.bytes.clone(), media_type)
+            registry
+                .put_manifest(&index.digest, index.bytes.clone(), &index.media_type)
                 .await?;
         }
+        execute::push_referrers(
+            registry,
+            work.generations,
+            &work.discovery.tag_indexes,
+            progress,
+        )
+        .await?;
     }
-    execute::push_referrers(
-        &ends.dst,
-        work.generations,
-        &work.discovery.tag_indexes,
-        progress,
-    )
-    .await?;
     if work.bundle.is_none() {
         return Ok(());
     }
-    let pushed = ends
-        .dst
-        .put_manifest(dst_reference, index.bytes.clone(), media_type)
-        .await?;
+    let pushed = dst.tag_index(dst_reference, &index).await?;
     progress.manifest_pushed();
-    verify(&ends.destination, &index.digest, pushed)
+    verify(&names.destination_name, &index.digest, pushed)?;
+    dst.commit().await
 }
 
 /// The digest the destination reports for the pushed index must be the source's.
-fn verify(
-    destination: &Reference,
-    source_digest: &str,
-    pushed: Option<String>,
-) -> Result<(), CopyError> {
+fn verify(destination: &str, source_digest: &str, pushed: Option<String>) -> Result<(), CopyError> {
     match pushed.filter(|d| d != source_digest) {
         Some(pushed) => Err(CopyError::DigestMismatch {
             side: Side::Destination,
-            registry: destination.registry().to_string(),
+            registry: destination.to_string(),
             digest: source_digest.to_string(),
             detail: format!("the destination stored the index as {pushed}"),
         }),
@@ -337,18 +568,18 @@ fn verify(
 }
 
 fn outcome(
-    ends: &Ends,
+    names: &Names,
     bundle: &SourceBundle,
     up_to_date: bool,
     referrers: Option<Vec<Referrer>>,
     progress: ProgressSnapshot,
 ) -> CopyOutcome {
-    let images = relocated_images(&bundle.images, &ends.destination.name());
+    let images = relocated_images(&bundle.images, &names.relocated_in);
     let digest = bundle.index.digest.clone();
     CopyOutcome {
-        source: ends.source.to_string(),
+        source: names.source.clone(),
         source_digest: digest.clone(),
-        destination: ends.destination.to_string(),
+        destination: names.destination.clone(),
         destination_digest: digest,
         up_to_date,
         bundle: BundleInfo::of(bundle),

@@ -133,7 +133,7 @@ pub fn destination_state(
     existing: Option<String>,
     source_digest: &str,
     force: bool,
-    destination: &Reference,
+    destination: &impl std::fmt::Display,
 ) -> Result<DestinationState, CopyError> {
     match existing {
         Some(existing) if existing == source_digest => Ok(DestinationState::UpToDate),

@@ -1,10 +1,11 @@
 //! Read a bundle at the source: its index, config manifest and bundle.json, checked to be a CNAB
 //! bundle (docs/architecture.md, "One copy").
 
+use super::ends::ReadEnd;
 use crate::bundle::{self, BundleImage, BundleIndex, BundleJson};
 use crate::error::CopyError;
 use crate::reference::Reference;
-use crate::registry::{Manifest, Registry};
+use crate::registry::Manifest;
 
 /// Where the bundle came from and what it holds.
 pub struct SourceBundle {
@@ -22,9 +23,13 @@ pub fn tag_or_digest(reference: &Reference) -> &str {
     reference.digest().or(reference.tag()).unwrap_or("latest")
 }
 
-/// Resolve the source and check that it is a bundle.
-pub async fn read_bundle(src: &Registry, source: &Reference) -> Result<SourceBundle, CopyError> {
-    let reference = tag_or_digest(source);
+/// Resolve `reference` (a tag or digest) at the source, named `source` in messages, and check
+/// that it is a bundle.
+pub async fn read_bundle(
+    src: &impl ReadEnd,
+    source: &str,
+    reference: &str,
+) -> Result<SourceBundle, CopyError> {
     let not_a_bundle = |detail: String| CopyError::NotABundle {
         reference: source.to_string(),
         detail,
@@ -34,10 +39,7 @@ pub async fn read_bundle(src: &Registry, source: &Reference) -> Result<SourceBun
         .await?
         .ok_or_else(|| CopyError::SourceNotFound {
             reference: source.to_string(),
-            detail: format!(
-                "the registry has no manifest {reference} in {}",
-                source.repository()
-            ),
+            detail: src.missing(reference),
         })?;
     let bundle_index =
         BundleIndex::parse(&index.bytes, &index.media_type).map_err(|e| not_a_bundle(e.0))?;

@@ -2,10 +2,12 @@
 //! this one. A transfer is one unit for the retry policy: its requests are sent once each per
 //! attempt (a streamed body cannot be replayed), and the unit is attempted again as a whole.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -13,9 +15,10 @@ use url::Url;
 use super::client::Registry;
 use super::response::{read_limited, retry_after};
 use super::retry::RetryPolicy;
-use super::verify::{StreamProblem, Verdict, VerifyingStream};
+use super::transport::error_chain;
 use crate::digest;
-use crate::error::{CopyError, Side};
+use crate::error::CopyError;
+use crate::verify::{BlobStream, StreamProblem, Verification};
 
 const MAX_REDIRECTS: usize = 5;
 
@@ -128,6 +131,52 @@ impl Registry {
         ))
     }
 
+    /// A blob's bytes as the registry serves them (one attempt; the receiving side retries the
+    /// whole transfer), after checking that its length is the size the manifest gives.
+    pub async fn open_blob(&self, blob: &BlobRef) -> Result<BlobStream, CopyError> {
+        let response = self.get_blob(&blob.digest).await?;
+        self.blob_stream(blob, response)
+    }
+
+    fn blob_stream(&self, blob: &BlobRef, response: Response) -> Result<BlobStream, CopyError> {
+        if let Some(length) = response.content_length().filter(|l| *l != blob.size) {
+            return Err(self.mismatch(
+                &blob.digest,
+                format!(
+                    "the source sent {length} bytes where the manifest says {}",
+                    blob.size
+                ),
+            ));
+        }
+        Ok(Box::pin(
+            response
+                .bytes_stream()
+                .map_err(|e| std::io::Error::other(error_chain(&e))),
+        ))
+    }
+
+    /// This registry served bytes that are not the blob `digest` names.
+    pub fn mismatch(&self, digest: &str, detail: String) -> CopyError {
+        CopyError::DigestMismatch {
+            side: self.endpoint().side,
+            registry: self.name().to_string(),
+            digest: digest.to_string(),
+            detail,
+        }
+    }
+
+    /// A problem a verified stream of one of this registry's blobs found.
+    pub fn stream_problem(&self, digest: &str, problem: StreamProblem) -> CopyError {
+        match problem {
+            StreamProblem::Mismatch(detail) => self.mismatch(digest, detail),
+            StreamProblem::Source(detail) => CopyError::Unreachable {
+                side: self.endpoint().side,
+                registry: self.name().to_string(),
+                detail: format!("reading blob {digest} failed: {detail}"),
+            },
+        }
+    }
+
     /// Read a small blob whole (bundle.json), checking its digest; retried as a unit.
     pub async fn read_blob(&self, digest: &str, limit: usize) -> Result<Bytes, CopyError> {
         self.policy()
@@ -139,12 +188,7 @@ impl Registry {
                 })?;
                 let actual = digest::compute(digest::Algorithm::of(digest), &bytes);
                 if actual != digest {
-                    return Err(CopyError::DigestMismatch {
-                        side: self.endpoint().side,
-                        registry: self.name().to_string(),
-                        digest: digest.to_string(),
-                        detail: format!("the bytes hash to {actual}"),
-                    });
+                    return Err(self.mismatch(digest, format!("the bytes hash to {actual}")));
                 }
                 Ok(bytes)
             })
@@ -277,57 +321,54 @@ impl Registry {
             // blob, which is most of the cost of small blobs.
             None => tokio::try_join!(self.start_upload(), source.get_blob(&blob.digest))?,
         };
-        self.stream_blob(source, blob, location, response, bytes)
+        let stream = source.blob_stream(blob, response)?;
+        self.stream_blob(blob, location, stream, bytes, |problem| {
+            source.stream_problem(&blob.digest, problem)
+        })
+        .await
+        .map(|()| BlobAction::Copied)
+    }
+
+    /// Bring `blob` into this repository from a source that is not a registry (a layout or an
+    /// archive): nothing when it is already here, else a verified stream of what `open` serves.
+    /// `problem` phrases what the stream found wrong in the source's terms.
+    pub async fn upload_blob<Open, Opened>(
+        &self,
+        blob: &BlobRef,
+        open: Open,
+        problem: impl Fn(StreamProblem) -> CopyError,
+        bytes: &Arc<AtomicU64>,
+    ) -> Result<BlobAction, CopyError>
+    where
+        Open: Fn() -> Opened,
+        Opened: Future<Output = Result<BlobStream, CopyError>>,
+    {
+        let (open, problem) = (&open, &problem);
+        self.policy()
+            .run(&format!("copying blob {}", blob.digest), |_| async move {
+                if self.has_blob(&blob.digest).await? {
+                    return Ok(BlobAction::Skipped);
+                }
+                let (location, stream) = tokio::try_join!(self.start_upload(), open())?;
+                self.stream_blob(blob, location, stream, bytes, problem)
+                    .await
+                    .map(|()| BlobAction::Copied)
+            })
             .await
-            .map(|()| BlobAction::Copied)
     }
 
     async fn stream_blob(
         &self,
-        source: &Registry,
         blob: &BlobRef,
         location: Url,
-        response: Response,
+        stream: BlobStream,
         bytes: &Arc<AtomicU64>,
+        problem: impl FnOnce(StreamProblem) -> CopyError,
     ) -> Result<(), CopyError> {
-        let mismatch = |detail: String| CopyError::DigestMismatch {
-            side: Side::Source,
-            registry: source.name().to_string(),
-            digest: blob.digest.clone(),
-            detail,
-        };
-        if let Some(length) = response.content_length().filter(|l| *l != blob.size) {
-            return Err(mismatch(format!(
-                "the source sent {length} bytes where the manifest says {}",
-                blob.size
-            )));
-        }
-        let verdict = Verdict::default();
-        let counted = Arc::new(AtomicU64::new(0));
-        let stream = VerifyingStream::new(
-            Box::pin(response.bytes_stream()),
-            &blob.digest,
-            blob.size,
-            bytes.clone(),
-            counted.clone(),
-            verdict.clone(),
-        );
+        let (stream, verification) = Verification::start(stream, &blob.digest, blob.size, bytes);
         let result = self
             .finish_upload(&location, blob, reqwest::Body::wrap_stream(stream))
             .await;
-        let problem = verdict.take();
-        if result.is_err() || problem.is_some() {
-            // The blob will be sent again (or not at all): take back what this attempt counted.
-            bytes.fetch_sub(counted.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        match (result, problem) {
-            (_, Some(StreamProblem::Mismatch(detail))) => Err(mismatch(detail)),
-            (_, Some(StreamProblem::Source(detail))) => Err(CopyError::Unreachable {
-                side: Side::Source,
-                registry: source.name().to_string(),
-                detail: format!("reading blob {} failed: {detail}", blob.digest),
-            }),
-            (result, None) => result,
-        }
+        verification.finish(result, problem)
     }
 }

@@ -93,6 +93,11 @@ impl Registry {
         &self.auth.endpoint.name
     }
 
+    /// The repository this client is bound to.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
     pub fn transport(&self) -> Transport {
         self.auth.endpoint.transport
     }
@@ -101,7 +106,8 @@ impl Registry {
         &self.auth.endpoint
     }
 
-    pub(super) fn policy(&self) -> &RetryPolicy {
+    /// The retry policy of this registry's requests and blob transfers.
+    pub fn policy(&self) -> &RetryPolicy {
         &self.auth.endpoint.policy
     }
 }

@@ -16,7 +16,6 @@ pub mod response;
 pub mod retry;
 pub mod tags;
 pub mod transport;
-pub mod verify;
 
 pub use auth::Access;
 pub use blobs::{BlobAction, BlobRef};
