@@ -101,12 +101,12 @@ fn faulty_bundle() -> BundleSpec {
         .with_shared_layer(5_000)
 }
 
-/// GET requests the proxy saw for a path containing `fragment`.
-fn gets_of(proxy: &FaultProxy, fragment: &str) -> usize {
+/// Requests with `method` the proxy saw for a path containing `fragment`.
+pub(crate) fn requests_of(proxy: &FaultProxy, method: &Method, fragment: &str) -> usize {
     proxy
         .requests()
         .iter()
-        .filter(|r| r.method == Method::GET && r.path_and_query.contains(fragment))
+        .filter(|r| r.method == *method && r.path_and_query.contains(fragment))
         .count()
 }
 
@@ -187,7 +187,7 @@ async fn faults_connection_reset_in_the_middle_of_a_blob_is_retried() {
         "the reset was never injected"
     );
     assert_eq!(
-        gets_of(&proxy, &big),
+        requests_of(&proxy, &Method::GET, &big),
         2,
         "the blob cut after {} of {size} bytes was fetched again exactly once",
         size / 3

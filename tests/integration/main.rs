@@ -20,3 +20,4 @@ mod referrers;
 mod security;
 mod signed;
 mod tags;
+mod upload_race;

@@ -75,9 +75,9 @@ async fn controller_scale_one_resync_with_credentials_and_tokens() {
     resync_pass(RegistryKind::Token, 1).await;
 }
 
-/// `fresh_resources()` BundleCopies created at once, none copied yet, all into one destination
-/// registry that already holds the bundle under another tag: the controller copies every one
-/// (each finds the blobs and manifests and pushes its tag), each gets at most 2 status patches
+/// `fresh_resources()` BundleCopies created at once, none copied yet, all into one repository of
+/// an empty destination registry: the controller copies every one (the first ones upload the
+/// blobs and manifests, at once; later ones find them and push their tag), each gets at most 2 status patches
 /// (Copying, then Ready), the copies in flight at the destination — counted there, from a copy's
 /// first request naming its tag to the PUT of that tag — never exceed the per-registry cap, and
 /// peak RSS stays within 64 MiB. Then the controller is restarted: the new process finds all of
@@ -93,20 +93,9 @@ async fn controller_scale_fresh_copies_into_one_registry_then_a_restart() {
         _source,
         ..
     } = ScaleSetup::start(RegistryKind::Plain).await;
-    // The destination already holds the bundle's blobs and manifests (under another tag): the
-    // copies push tags. Without this, the first copies upload the same blobs into the same
-    // repository at once, and distribution 2.8 sometimes then refuses one of them a manifest PUT
-    // with DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN (2 of 100 copies once), which the controller
-    // takes for a permanent error: a real race, to be handled in the engine, not a flake to keep
-    // here.
-    let seed = copy_request(
-        source_reference.clone(),
-        format!("{}/mirror/app:seed", destination_proxy.host()),
-        EndpointOptions::default(),
-        proxied(&destination_proxy, &destination),
-        fast_settings(),
-    );
-    copy_bundle(&seed, &Progress::default()).await.unwrap();
+    // The destination starts empty: the first copies upload the same blobs into one repository
+    // at once, which distribution 2.8 can answer with a refused manifest PUT (the engine checks
+    // and sends it again: tests/integration/upload_race.rs).
     let mut state = ApiState::default();
     for index in 0..count {
         let name = format!("app-{index:04}");

@@ -4,8 +4,9 @@
 //! test CA). Without rules it passes everything through, rewriting `Location` headers that point
 //! at the registry so clients keep talking to the proxy. Rules inject faults: status answers
 //! (429 with `Retry-After`, 5xx), dropped connections, responses cut after N body bytes, stalls,
-//! corrupted or truncated bodies, and 307 redirects of blob GETs to a second listener (a "blob
-//! storage" host) that serves the blob and records whether the client sent `Authorization`.
+//! corrupted or truncated bodies, 307 redirects of blob GETs to a second listener (a "blob
+//! storage" host) that serves the blob and records whether the client sent `Authorization`, and
+//! a file of the registry's storage emptied while a request is served.
 //!
 //! Like the token server, it runs on its own thread and runtime, so a test may block (on the CLI,
 //! say) while the proxy keeps serving.
@@ -112,6 +113,12 @@ pub enum Fault {
     /// Answer with the referrers API's index, computed from the registry's storage (the
     /// `path_contains` of the rule is usually `/referrers/`). Set by `serve_referrers_api`.
     ReferrersApi,
+    /// Empty the file at `path` (in the upstream registry's storage) while the request is
+    /// forwarded, and write its bytes back once the answer has come: the state distribution
+    /// 2.8's filesystem storage leaves a link file in while another request links the same
+    /// blob (it opens the file, truncates it, then writes), so a request that reads the link
+    /// meanwhile meets what it meets in that race.
+    EmptyFileWhileForwarded { path: std::path::PathBuf },
     /// Serve `tags/list` in pages of at most `page` (fewer when the query's `n` says so) after `last`, with a
     /// `Link: <…>; rel="next"` header while more remain — the distribution API's pagination,
     /// which distribution 2.8 itself does not do. The tags come from the registry.
@@ -637,6 +644,19 @@ async fn serve_proxy(
         _ => {}
     }
 
+    if let Some(Fault::EmptyFileWhileForwarded { path: file }) = &fault {
+        let kept = std::fs::read(file).map_err(|error| {
+            ProxyError(format!("fault proxy: read {}: {error}", file.display()))
+        })?;
+        std::fs::write(file, b"").map_err(|error| {
+            ProxyError(format!("fault proxy: empty {}: {error}", file.display()))
+        })?;
+        let forwarded = forward(&state, request, &path_and_query).await;
+        std::fs::write(file, kept).map_err(|error| {
+            ProxyError(format!("fault proxy: restore {}: {error}", file.display()))
+        })?;
+        return Ok(relay(&state, forwarded?, None));
+    }
     let upstream_response = forward(&state, request, &path_and_query).await?;
     Ok(relay(&state, upstream_response, fault.as_ref()))
 }

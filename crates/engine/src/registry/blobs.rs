@@ -71,10 +71,17 @@ impl Registry {
             .await
     }
 
-    /// Whether the repository holds a blob.
-    async fn has_blob(&self, digest: &str) -> Result<bool, CopyError> {
+    /// Whether the repository holds a blob (HEAD, sent as `policy` says).
+    pub(super) async fn has_blob(
+        &self,
+        digest: &str,
+        policy: &RetryPolicy,
+    ) -> Result<bool, CopyError> {
         let url = self.blob_url(digest)?;
-        let response = self.send_once(Method::HEAD, &url, None).await?;
+        let response = self
+            .auth
+            .send(policy, Method::HEAD, &url, HeaderMap::new(), None)
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -302,7 +309,7 @@ impl Registry {
         blob: &BlobRef,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
-        if self.has_blob(&blob.digest).await? {
+        if self.has_blob(&blob.digest, &RetryPolicy::ONCE).await? {
             return Ok(BlobAction::Skipped);
         }
         let (location, response) = match &self.mount_from {
@@ -346,7 +353,7 @@ impl Registry {
         let (open, problem) = (&open, &problem);
         self.policy()
             .run(&format!("copying blob {}", blob.digest), |_| async move {
-                if self.has_blob(&blob.digest).await? {
+                if self.has_blob(&blob.digest, &RetryPolicy::ONCE).await? {
                     return Ok(BlobAction::Skipped);
                 }
                 let (location, stream) = tokio::try_join!(self.start_upload(), open())?;

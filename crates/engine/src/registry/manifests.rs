@@ -6,8 +6,8 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 
 use super::client::Registry;
-use super::response::{content_type, docker_digest, read_limited};
-use crate::bundle::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
+use super::response::{RegistryErrors, content_type, docker_digest, read_limited};
+use crate::bundle::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, is_index_type};
 use crate::digest::{self, Algorithm};
 use crate::error::CopyError;
 
@@ -146,12 +146,11 @@ impl Registry {
                 )
             })?,
         );
+        let what = format!("PUT manifest {repository}:{reference}");
         let response = self
-            .auth
-            .send(self.policy(), Method::PUT, &url, headers, Some(bytes))
+            .send_put(&url, headers, bytes, media_type, &what)
             .await?;
         if !response.status().is_success() {
-            let what = format!("PUT manifest {repository}:{reference}");
             return Err(self.endpoint().status_error(response, &what).await);
         }
         let subject = response
@@ -163,6 +162,90 @@ impl Registry {
             digest: docker_digest(response.headers()),
             subject,
         })
+    }
+
+    /// Send a manifest PUT. Distribution 2.8's filesystem storage rewrites a repository's link
+    /// file in place (truncate, then write) each time it links a blob (an upload, a mount) or
+    /// a manifest (a PUT), so a PUT that checks a blob while another request links the same
+    /// blob can read an empty link and be refused with 400 DIGEST_INVALID +
+    /// MANIFEST_BLOB_UNKNOWN although the blob is there: copies of bundles sharing layers into
+    /// one repository meet this. So the blobs (child manifests, for an index) such a refusal
+    /// names are looked up with HEAD: when all are there, the PUT is sent again
+    /// (`RetryPolicy::wait_after_contradiction`); otherwise the refusal is the error, naming
+    /// what is missing.
+    async fn send_put(
+        &self,
+        url: &url::Url,
+        headers: HeaderMap,
+        bytes: Bytes,
+        media_type: &str,
+        what: &str,
+    ) -> Result<Response, CopyError> {
+        let mut refusals = 0;
+        loop {
+            let response = self
+                .auth
+                .send(
+                    self.policy(),
+                    Method::PUT,
+                    url,
+                    headers.clone(),
+                    Some(bytes.clone()),
+                )
+                .await?;
+            if response.status() != StatusCode::BAD_REQUEST {
+                return Ok(response);
+            }
+            let errors = RegistryErrors::read(response).await;
+            let detail = errors
+                .describe()
+                .unwrap_or_else(|| StatusCode::BAD_REQUEST.to_string());
+            let refused = |detail: String| {
+                self.endpoint().registry_error(
+                    Some(400),
+                    format!("{what} failed with {}: {detail}", StatusCode::BAD_REQUEST),
+                )
+            };
+            let unknown = errors.unknown_blobs();
+            if unknown.is_empty() {
+                return Err(refused(detail));
+            }
+            if let Some(missing) = self.first_missing(&unknown, media_type).await? {
+                return Err(refused(format!(
+                    "{detail} ({missing} is not in {})",
+                    self.repository
+                )));
+            }
+            refusals += 1;
+            let Some(wait) = self.policy().wait_after_contradiction(refusals) else {
+                return Err(refused(format!(
+                    "{detail}, although a HEAD finds each blob it names ({refusals} refusals)"
+                )));
+            };
+            tracing::warn!(side = %self.endpoint().side, registry = %self.name(), %what, blobs = ?unknown, ?wait,
+                "the registry refused a manifest for blobs it holds; sending it again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The first of `digests` this repository does not hold: blobs, or manifests when
+    /// `media_type` is an index's.
+    async fn first_missing(
+        &self,
+        digests: &[String],
+        media_type: &str,
+    ) -> Result<Option<String>, CopyError> {
+        for digest in digests {
+            let present = if is_index_type(media_type) {
+                self.head_manifest(digest).await?.is_some()
+            } else {
+                self.has_blob(digest, self.policy()).await?
+            };
+            if !present {
+                return Ok(Some(digest.clone()));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -66,25 +66,51 @@ pub async fn read_limited(response: Response, limit: usize) -> Result<Bytes, Str
     Ok(Bytes::from(buffer))
 }
 
-/// The registry's own error message (`{"errors":[{"code","message"}]}`), or the status text.
-pub async fn error_detail(response: Response) -> String {
-    let status = response.status();
-    let body = read_limited(response, MAX_ERROR_BODY)
-        .await
-        .unwrap_or_default();
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorItem>,
+/// The errors a registry sent in its body (`{"errors":[{"code","message","detail"}]}`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RegistryErrors {
+    #[serde(default)]
+    errors: Vec<RegistryErrorItem>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RegistryErrorItem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
+impl RegistryErrors {
+    /// Read and parse an error body (at most a few KiB); anything else gives no errors.
+    pub async fn read(response: Response) -> RegistryErrors {
+        let body = read_limited(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        RegistryErrors::parse(&body)
     }
-    #[derive(serde::Deserialize)]
-    struct ErrorItem {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
+
+    pub fn parse(body: &[u8]) -> RegistryErrors {
+        serde_json::from_slice(body).unwrap_or_default()
     }
-    if let Ok(errors) = serde_json::from_slice::<Errors>(&body) {
-        let joined: Vec<String> = errors
+
+    /// The digests a manifest PUT was refused for as unknown blobs (`MANIFEST_BLOB_UNKNOWN`,
+    /// whose detail is the digest).
+    pub fn unknown_blobs(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .filter(|e| e.code == "MANIFEST_BLOB_UNKNOWN")
+            .filter_map(|e| e.detail.as_str())
+            .filter(|d| crate::digest::validate(d).is_ok())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `CODE: message; …`, or `None` when the body held no errors.
+    pub fn describe(&self) -> Option<String> {
+        let joined: Vec<String> = self
             .errors
             .iter()
             .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
@@ -93,9 +119,40 @@ pub async fn error_detail(response: Response) -> String {
                 _ => e.message.clone(),
             })
             .collect();
-        if !joined.is_empty() {
-            return joined.join("; ");
-        }
+        (!joined.is_empty()).then(|| joined.join("; "))
     }
-    status.to_string()
+}
+
+/// The registry's own error message (`{"errors":[{"code","message"}]}`), or the status text.
+pub async fn error_detail(response: Response) -> String {
+    let status = response.status();
+    RegistryErrors::read(response)
+        .await
+        .describe()
+        .unwrap_or_else(|| status.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_blobs_are_read_from_distributions_refusal() {
+        // What distribution 2.8 answers when a manifest PUT finds an empty link file.
+        let body = br#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"}]}"#;
+        let errors = RegistryErrors::parse(body);
+        assert_eq!(
+            errors.unknown_blobs(),
+            ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+        );
+        assert_eq!(
+            errors.describe().unwrap(),
+            "DIGEST_INVALID: provided digest did not match uploaded content; MANIFEST_BLOB_UNKNOWN: blob unknown to registry"
+        );
+        let other = RegistryErrors::parse(
+            br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","detail":{"x":1}}]}"#,
+        );
+        assert!(other.unknown_blobs().is_empty());
+        assert!(RegistryErrors::parse(b"not json").describe().is_none());
+    }
 }

@@ -8,6 +8,9 @@
 //!   streamed PUT) is one unit: at most 5 attempts, each sending every request of the unit once.
 //!   So at most 5 GETs of one blob, never 5 × 5.
 //! - A small blob read whole (bundle.json) is one unit too: at most 5 GETs.
+//! - A manifest PUT refused with `MANIFEST_BLOB_UNKNOWN` for blobs that a HEAD then finds in
+//!   the repository (distribution 2.8 reads a link file another upload is rewriting:
+//!   `registry::manifests`) is sent again: at most 5 PUTs, with the waits below.
 //! - Waits: a `Retry-After` the registry sent when it is at most 60 s (a longer one ends the
 //!   operation with `RateLimited`), else 250 ms, 500 ms, 1 s, 2 s, 4 s, 8 s (capped).
 //!
@@ -67,6 +70,13 @@ impl RetryPolicy {
                 .filter(|wait| *wait <= self.max_retry_after)
                 .unwrap_or_else(|| backoff(attempt)),
         )
+    }
+
+    /// How long to wait before sending again a request the registry refused although its own
+    /// answers since say it should have passed (`attempt` refusals so far), or `None` when the
+    /// attempts are spent.
+    pub fn wait_after_contradiction(&self, attempt: u32) -> Option<Duration> {
+        (attempt < self.max_attempts).then(|| backoff(attempt))
     }
 
     /// Run `operation` (given the attempt number, from 1) until it succeeds, fails for good, or
@@ -158,6 +168,14 @@ mod tests {
         assert_eq!(POLICY.wait_after_error(3, &unreachable), None);
         let spec = CopyError::InvalidSpec("bad".into());
         assert_eq!(POLICY.wait_after_error(1, &spec), None);
+    }
+
+    #[test]
+    fn a_contradicted_refusal_is_sent_again_within_the_budget() {
+        assert_eq!(POLICY.wait_after_contradiction(1), Some(backoff(1)));
+        assert_eq!(POLICY.wait_after_contradiction(2), Some(backoff(2)));
+        assert_eq!(POLICY.wait_after_contradiction(3), None);
+        assert_eq!(RetryPolicy::ONCE.wait_after_contradiction(1), None);
     }
 
     #[tokio::test(start_paused = true)]
