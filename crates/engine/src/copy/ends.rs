@@ -14,7 +14,7 @@ use crate::error::CopyError;
 use crate::layout::archive::{ArchiveWriter, Contents};
 use crate::layout::dir::DirWriter;
 use crate::layout::reader::LayoutReader;
-use crate::registry::{BlobAction, BlobRef, Manifest, Registry, RetryPolicy};
+use crate::registry::{BlobAction, BlobRef, Manifest, Presence, Registry, RetryPolicy};
 use crate::verify::{BlobStream, StreamProblem, Verification, VerifyingStream};
 
 /// Where a bundle is read from.
@@ -37,6 +37,11 @@ pub trait ReadEnd: ManifestSource {
         &self,
         blob: &BlobRef,
     ) -> impl Future<Output = Result<BlobStream, CopyError>> + Send;
+    /// Whether this end serves the blob from bytes already read (`open_blob` then costs
+    /// nothing): a registry destination uploads those rather than streaming from the source.
+    fn held(&self, _digest: &str) -> bool {
+        false
+    }
     /// What a check of one of this end's blobs found wrong, in this end's terms.
     fn stream_problem(&self, digest: &str, problem: StreamProblem) -> CopyError;
     /// How often a blob read from here is tried.
@@ -60,11 +65,21 @@ pub trait WriteEnd: Sync {
         tag: &str,
         index: &Manifest,
     ) -> impl Future<Output = Result<(), CopyError>> + Send;
-    /// Bring one blob from `source`, or nothing when it is here already.
+    /// What this end can tell of a blob before `receive_blob` (a registry: one HEAD, sent
+    /// ahead of the transfers).
+    fn check_blob(
+        &self,
+        _blob: &BlobRef,
+    ) -> impl Future<Output = Result<Presence, CopyError>> + Send {
+        async { Ok(Presence::Unknown) }
+    }
+    /// Bring one blob from `source`, or nothing when it is here already (asked unless
+    /// `presence` says).
     fn receive_blob<S: ReadEnd>(
         &self,
         source: &S,
         blob: &BlobRef,
+        presence: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> impl Future<Output = Result<BlobAction, CopyError>> + Send;
     /// Store a manifest of the closure by its digest, unless it is here already.
@@ -128,17 +143,27 @@ impl WriteEnd for Registry {
         Ok(())
     }
 
+    async fn check_blob(&self, blob: &BlobRef) -> Result<Presence, CopyError> {
+        Ok(if self.holds_blob(&blob.digest).await? {
+            Presence::Present
+        } else {
+            Presence::Absent
+        })
+    }
+
     async fn receive_blob<S: ReadEnd>(
         &self,
         source: &S,
         blob: &BlobRef,
+        presence: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
-        match source.as_registry() {
-            Some(registry) => self.transfer_blob(registry, blob, bytes).await,
+        match source.as_registry().filter(|_| !source.held(&blob.digest)) {
+            Some(registry) => self.transfer_blob(registry, blob, presence, bytes).await,
             None => {
                 self.upload_blob(
                     blob,
+                    presence,
                     || source.open_blob(blob),
                     |problem| source.stream_problem(&blob.digest, problem),
                     bytes,
@@ -324,6 +349,7 @@ impl WriteEnd for LayoutWriter {
         &self,
         source: &S,
         blob: &BlobRef,
+        _: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
         let present = match self {

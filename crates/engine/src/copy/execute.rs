@@ -13,12 +13,19 @@ use super::progress::Progress;
 use super::referrers::{self, FoundReferrer, IndexUpdate};
 use crate::bundle::OCI_INDEX;
 use crate::error::{CopyError, Side};
-use crate::registry::Registry;
+use crate::registry::{BlobRef, Presence, Registry};
 
 /// Manifests pushed at once within one level.
 const MANIFEST_CONCURRENCY: usize = 8;
+/// Blob checks at the destination ahead of the transfers, per blob transferred at once.
+const CHECKS_AHEAD_PER_TRANSFER: usize = 4;
 
-/// Move every blob of the plan, `concurrency` at once, largest first.
+/// A blob, with what the destination said of it before the transfer.
+type Checked = (BlobRef, Presence);
+
+/// Move every blob of the plan, `concurrency` at once, largest first. The destination is asked
+/// which blobs it holds ahead of the transfers (a registry's HEADs, pipelined alongside them),
+/// so that a transfer starts with its GET at the source instead of waiting for its HEAD.
 pub async fn transfer_blobs<S: ReadEnd, D: WriteEnd>(
     src: &S,
     dst: &D,
@@ -26,16 +33,79 @@ pub async fn transfer_blobs<S: ReadEnd, D: WriteEnd>(
     concurrency: usize,
     progress: &Progress,
 ) -> Result<(), CopyError> {
-    futures_util::stream::iter(plan.blob_order().into_iter().map(Ok::<_, CopyError>))
-        .try_for_each_concurrent(concurrency.max(1), |blob| async move {
-            let action = dst
-                .receive_blob(src, &blob, progress.byte_counter())
-                .await?;
-            progress.blob_done(action);
-            tracing::debug!(digest = %blob.digest, size = blob.size, ?action, "blob done");
-            Ok(())
+    let concurrency = concurrency.max(1);
+    let ahead = concurrency * CHECKS_AHEAD_PER_TRANSFER;
+    let (checked, to_transfer) = tokio::sync::mpsc::channel(ahead);
+    // Two named functions joined, not two async blocks: with blocks the compiler could not
+    // prove the operator's reconcile future `Send` for every lifetime.
+    futures_util::future::try_join(
+        check_blobs(dst, plan.blob_order(), ahead, checked),
+        transfer_checked(src, dst, progress, concurrency, to_transfer),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ask the destination about each blob, `ahead` at once, and pass each on in order with the
+/// answer; stops early when the transfers have stopped.
+async fn check_blobs<D: WriteEnd>(
+    dst: &D,
+    blobs: Vec<BlobRef>,
+    ahead: usize,
+    checked: tokio::sync::mpsc::Sender<Checked>,
+) -> Result<(), CopyError> {
+    let mut checks = futures_util::stream::iter(blobs)
+        .map(|blob| check_blob(dst, blob))
+        .buffered(ahead);
+    while let Some(blob) = checks.next().await {
+        if checked.send(blob?).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn check_blob<D: WriteEnd>(dst: &D, blob: BlobRef) -> Result<Checked, CopyError> {
+    let presence = dst.check_blob(&blob).await?;
+    Ok((blob, presence))
+}
+
+/// Transfer the blobs `check_blobs` passes on, `concurrency` at once.
+async fn transfer_checked<S: ReadEnd, D: WriteEnd>(
+    src: &S,
+    dst: &D,
+    progress: &Progress,
+    concurrency: usize,
+    checked: tokio::sync::mpsc::Receiver<Checked>,
+) -> Result<(), CopyError> {
+    futures_util::stream::unfold(checked, next_checked)
+        .map(Ok::<_, CopyError>)
+        .try_for_each_concurrent(concurrency, |(blob, presence)| {
+            transfer_blob(src, dst, progress, blob, presence)
         })
         .await
+}
+
+async fn next_checked(
+    mut checked: tokio::sync::mpsc::Receiver<Checked>,
+) -> Option<(Checked, tokio::sync::mpsc::Receiver<Checked>)> {
+    let next = checked.recv().await?;
+    Some((next, checked))
+}
+
+async fn transfer_blob<S: ReadEnd, D: WriteEnd>(
+    src: &S,
+    dst: &D,
+    progress: &Progress,
+    blob: BlobRef,
+    presence: Presence,
+) -> Result<(), CopyError> {
+    let action = dst
+        .receive_blob(src, &blob, presence, progress.byte_counter())
+        .await?;
+    progress.blob_done(action);
+    tracing::debug!(digest = %blob.digest, size = blob.size, ?action, "blob done");
+    Ok(())
 }
 
 /// Push the plan's manifests by digest, level by level, deepest first; one the destination

@@ -327,12 +327,12 @@ async fn run<S: ReadEnd, D: WriteEnd>(
     mut dst: D,
     names: Names,
 ) -> Result<CopyOutcome, CopyError> {
-    let bundle = source::read_bundle(src, &names.source, reference).await?;
-    let dst_reference = destination_reference(&names, &bundle)?;
+    let index = source::read_index(src, &names.source, reference).await?;
+    let dst_reference = destination_reference(&names, &index.index.digest)?;
     let existing = dst.tagged(&dst_reference).await?;
     let state = plan::destination_state(
         existing,
-        &bundle.index.digest,
+        &index.index.digest,
         request.force,
         &names.destination,
     )?;
@@ -345,34 +345,32 @@ async fn run<S: ReadEnd, D: WriteEnd>(
             "signatures, attestations and SBOMs are not copied to or from layouts yet: only the bundle is"
         );
     }
+    let src = &source::Remembering::new(src, &index);
     if up_to_date && !with_referrers {
+        let bundle = source::read_bundle_json(src, &names.source, &index).await?;
         tracing::info!(destination = %names.destination, digest = %bundle.index.digest, "destination is up to date");
         return Ok(outcome(&names, &bundle, true, None, progress.snapshot()));
     }
     let concurrency = request.settings.max_concurrent_blobs;
-    let (plan, discovery) = match registries.filter(|_| with_referrers) {
-        Some((registry, _)) => {
-            closure_and_referrers(
-                registry,
-                &names.source_repository,
-                &bundle,
-                &request.referrers,
-                concurrency,
-            )
-            .await?
-        }
-        None => {
-            let plan = plan::walk_closure(
-                src,
-                &names.source_repository,
-                &bundle.bundle_index,
-                &bundle.config_manifest,
-                concurrency,
-            )
-            .await?;
-            (plan, referrers::Discovery::default())
-        }
-    };
+    let selection = registries
+        .filter(|_| with_referrers)
+        .map(|(registry, _)| (registry, &request.referrers));
+    // The walk and the search for referrers only read the source, so they run while bundle.json
+    // is read: nothing is written before all are done. When both fail, the bundle.json read's
+    // error says more (the walk meets a broken config manifest too, as a manifest it cannot
+    // read).
+    let (closure, bundle) = tokio::join!(
+        closure_of(
+            src,
+            &names.source_repository,
+            &index,
+            selection,
+            concurrency
+        ),
+        source::read_bundle_json(src, &names.source, &index)
+    );
+    let bundle = bundle?;
+    let (plan, discovery) = closure?;
     let generations = match registries {
         Some((registry, _)) => {
             referrer_generations(registry, &names.source_repository, &discovery, concurrency)
@@ -423,11 +421,58 @@ pub(crate) async fn closure_and_referrers(
         concurrency,
     )
     .await?;
-    let subjects: Vec<String> = std::iter::once(bundle.index.digest.clone())
+    let discovery = find_referrers(
+        src,
+        repository,
+        &bundle.index,
+        &plan,
+        selection,
+        concurrency,
+    )
+    .await?;
+    Ok((plan, discovery))
+}
+
+/// The closure of the index as a copy walks it, with nothing read but the index, and the
+/// referrers `selection` (with the source registry) asks for.
+async fn closure_of<S: ReadEnd>(
+    src: &source::Remembering<'_, S>,
+    repository: &str,
+    index: &source::SourceIndex,
+    selection: Option<(&Registry, &ReferrerSelection)>,
+    concurrency: usize,
+) -> Result<(plan::Plan, referrers::Discovery), CopyError> {
+    let plan = plan::walk_index(src, repository, &index.bundle_index, concurrency).await?;
+    let discovery = match selection {
+        Some((registry, selection)) => {
+            find_referrers(
+                registry,
+                repository,
+                &index.index,
+                &plan,
+                selection,
+                concurrency,
+            )
+            .await?
+        }
+        None => referrers::Discovery::default(),
+    };
+    Ok((plan, discovery))
+}
+
+/// The referrers of the index and of every manifest of its closure.
+async fn find_referrers(
+    src: &Registry,
+    repository: &str,
+    index: &Manifest,
+    plan: &plan::Plan,
+    selection: &ReferrerSelection,
+    concurrency: usize,
+) -> Result<referrers::Discovery, CopyError> {
+    let subjects: Vec<String> = std::iter::once(index.digest.clone())
         .chain(plan.manifests.iter().map(|m| m.digest.clone()))
         .collect();
-    let discovery = referrers::discover(src, repository, &subjects, selection, concurrency).await?;
-    Ok((plan, discovery))
+    referrers::discover(src, repository, &subjects, selection, concurrency).await
 }
 
 /// The referrers found, generation by generation, each with the closure of its manifests.
@@ -461,8 +506,7 @@ async fn referrer_generations<'a>(
 
 /// The tag the index is written under (the source digest when the destination names none); a
 /// destination pinned to another digest cannot receive this bundle.
-fn destination_reference(names: &Names, bundle: &SourceBundle) -> Result<String, CopyError> {
-    let source_digest = &bundle.index.digest;
+fn destination_reference(names: &Names, source_digest: &str) -> Result<String, CopyError> {
     if let Some(wanted) = &names.pinned
         && wanted != source_digest
     {
@@ -471,7 +515,10 @@ fn destination_reference(names: &Names, bundle: &SourceBundle) -> Result<String,
             names.destination
         )));
     }
-    Ok(names.tag.clone().unwrap_or_else(|| source_digest.clone()))
+    Ok(names
+        .tag
+        .clone()
+        .unwrap_or_else(|| source_digest.to_string()))
 }
 
 /// What a copy writes: the bundle's closure (unless the destination holds it already) and the

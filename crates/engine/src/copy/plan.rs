@@ -168,6 +168,25 @@ pub async fn walk_closure(
     .await
 }
 
+/// The same closure with nothing read yet: the config manifest comes through `source` like
+/// every other manifest (a copy reads it for bundle.json at the same time, through a source
+/// that reads it once).
+pub async fn walk_index(
+    source: &impl ManifestSource,
+    repository: &str,
+    index: &BundleIndex,
+    concurrency: usize,
+) -> Result<Plan, CopyError> {
+    walk(
+        source,
+        repository,
+        index.manifests.clone(),
+        &[],
+        concurrency,
+    )
+    .await
+}
+
 /// Everything reachable from manifests already read (referrers): each is a root at depth 1,
 /// pushed after its children.
 pub async fn walk_from(

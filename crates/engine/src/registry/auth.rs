@@ -78,9 +78,20 @@ impl Authenticated {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Get ready for the first request. With credentials: ping, to choose the credential (Basic)
+    /// or get the token before the first request (Bearer). Without: nothing, since the ping
+    /// would only tell an anonymous challenge, which the first request's 401 tells as well (and
+    /// `send` answers it); that saves a round trip on every copy from a public registry.
+    pub async fn start(&self) -> Result<(), CopyError> {
+        if self.candidates.is_empty() {
+            return Ok(());
+        }
+        self.ping().await
+    }
+
     /// GET `/v2/` to learn how the registry authenticates. For Basic authentication the
     /// credential candidates are tried in turn until one is accepted.
-    pub async fn ping(&self) -> Result<(), CopyError> {
+    async fn ping(&self) -> Result<(), CopyError> {
         let endpoint = &self.endpoint;
         let url = endpoint.url("v2/")?;
         let response = endpoint
@@ -107,15 +118,53 @@ impl Authenticated {
             StatusCode::NOT_FOUND => Ok(()),
             // Go's TLS servers answer a plain-HTTP request with 400 "Client sent an HTTP
             // request to an HTTPS server".
-            StatusCode::BAD_REQUEST if endpoint.transport == Transport::PlainHttp => Err(CopyError::Tls {
-                side: endpoint.side,
-                registry: endpoint.name.clone(),
-                detail: "the registry serves HTTPS, but it was contacted over plain HTTP (the default for \
-                         loopback registries)"
-                    .to_string(),
-            }),
+            StatusCode::BAD_REQUEST if endpoint.transport == Transport::PlainHttp => {
+                Err(self.https_port_error())
+            }
             _ => Err(endpoint.status_error(response, "GET /v2/").await),
         }
+    }
+
+    fn https_port_error(&self) -> CopyError {
+        CopyError::Tls {
+            side: self.endpoint.side,
+            registry: self.endpoint.name.clone(),
+            detail:
+                "the registry serves HTTPS, but it was contacted over plain HTTP (the default for \
+                     loopback registries)"
+                    .to_string(),
+        }
+    }
+
+    /// The first answer of a registry that was not pinged: learn its challenge from it, and tell
+    /// a 400 over plain HTTP that comes from an HTTPS port (as the ping would have) by asking
+    /// `/v2/`, which no registry answers with 400.
+    async fn first_answer(&self, response: &Response) -> Result<(), CopyError> {
+        let endpoint = &self.endpoint;
+        self.lock().challenge = Some(match response.status() {
+            StatusCode::UNAUTHORIZED => match challenge_of(response) {
+                Some(challenge) => challenge,
+                None => return Ok(()),
+            },
+            _ => Challenge::None,
+        });
+        if response.status() == StatusCode::BAD_REQUEST
+            && endpoint.transport == Transport::PlainHttp
+        {
+            let ping = endpoint
+                .send(
+                    &endpoint.policy,
+                    Method::GET,
+                    &endpoint.url("v2/")?,
+                    HeaderMap::new(),
+                    None,
+                )
+                .await?;
+            if ping.status() == StatusCode::BAD_REQUEST {
+                return Err(self.https_port_error());
+            }
+        }
+        Ok(())
     }
 
     async fn choose_basic_credential(&self, ping_url: &Url) -> Result<(), CopyError> {
@@ -186,6 +235,9 @@ impl Authenticated {
             let response = endpoint
                 .send(policy, method.clone(), url, request_headers, body.clone())
                 .await?;
+            if own_origin && self.lock().challenge.is_none() {
+                self.first_answer(&response).await?;
+            }
             if response.status() != StatusCode::UNAUTHORIZED || !own_origin || refreshed {
                 if response.status() == StatusCode::UNAUTHORIZED && own_origin {
                     return Err(self.denied(response).await);

@@ -40,6 +40,29 @@ pub enum BlobAction {
     Skipped,
 }
 
+/// What is known, before a transfer, of the blob at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Nothing: the transfer asks first (HEAD).
+    Unknown,
+    /// A HEAD just found it there: nothing to transfer.
+    Present,
+    /// A HEAD just found it missing.
+    Absent,
+}
+
+impl Presence {
+    /// What a transfer's attempt knows: after a failed attempt the blob may have arrived after
+    /// all (an answer lost on the way back), so later attempts look again.
+    fn at_attempt(self, attempt: u32) -> Presence {
+        if attempt == 1 {
+            self
+        } else {
+            Presence::Unknown
+        }
+    }
+}
+
 /// Result of a cross-repository mount request.
 enum Mount {
     Mounted,
@@ -287,18 +310,34 @@ impl Registry {
         })
     }
 
+    /// Whether the repository holds a blob: one HEAD (retried as a single request).
+    pub async fn holds_blob(&self, digest: &str) -> Result<bool, CopyError> {
+        self.has_blob(digest, self.policy()).await
+    }
+
+    /// Whether an attempt finds `blob` here already: asked unless `presence` says.
+    async fn present(&self, blob: &BlobRef, presence: Presence) -> Result<bool, CopyError> {
+        match presence {
+            Presence::Present => Ok(true),
+            Presence::Absent => Ok(false),
+            Presence::Unknown => self.has_blob(&blob.digest, &RetryPolicy::ONCE).await,
+        }
+    }
+
     /// Bring `blob` from `source` into this registry's repository: nothing when it is already
-    /// here, a mount when this client mounts from the source repository, else a verified stream.
-    /// `bytes` counts the bytes streamed (what a failed attempt counted is taken back).
+    /// here (asked unless `presence` says), a mount when this client mounts from the source
+    /// repository, else a verified stream. `bytes` counts the bytes streamed (what a failed
+    /// attempt counted is taken back).
     pub async fn transfer_blob(
         &self,
         source: &Registry,
         blob: &BlobRef,
+        presence: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
         self.policy()
-            .run(&format!("copying blob {}", blob.digest), |_| {
-                self.transfer_once(source, blob, bytes)
+            .run(&format!("copying blob {}", blob.digest), |attempt| {
+                self.transfer_once(source, blob, presence.at_attempt(attempt), bytes)
             })
             .await
     }
@@ -307,9 +346,10 @@ impl Registry {
         &self,
         source: &Registry,
         blob: &BlobRef,
+        presence: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
-        if self.has_blob(&blob.digest, &RetryPolicy::ONCE).await? {
+        if self.present(blob, presence).await? {
             return Ok(BlobAction::Skipped);
         }
         let (location, response) = match &self.mount_from {
@@ -337,11 +377,13 @@ impl Registry {
     }
 
     /// Bring `blob` into this repository from a source that is not a registry (a layout or an
-    /// archive): nothing when it is already here, else a verified stream of what `open` serves.
-    /// `problem` phrases what the stream found wrong in the source's terms.
+    /// archive), or from bytes already read: nothing when it is already here (asked unless
+    /// `presence` says), else a verified stream of what `open` serves. `problem` phrases what
+    /// the stream found wrong in the source's terms.
     pub async fn upload_blob<Open, Opened>(
         &self,
         blob: &BlobRef,
+        presence: Presence,
         open: Open,
         problem: impl Fn(StreamProblem) -> CopyError,
         bytes: &Arc<AtomicU64>,
@@ -352,15 +394,18 @@ impl Registry {
     {
         let (open, problem) = (&open, &problem);
         self.policy()
-            .run(&format!("copying blob {}", blob.digest), |_| async move {
-                if self.has_blob(&blob.digest, &RetryPolicy::ONCE).await? {
-                    return Ok(BlobAction::Skipped);
-                }
-                let (location, stream) = tokio::try_join!(self.start_upload(), open())?;
-                self.stream_blob(blob, location, stream, bytes, problem)
-                    .await
-                    .map(|()| BlobAction::Copied)
-            })
+            .run(
+                &format!("copying blob {}", blob.digest),
+                |attempt| async move {
+                    if self.present(blob, presence.at_attempt(attempt)).await? {
+                        return Ok(BlobAction::Skipped);
+                    }
+                    let (location, stream) = tokio::try_join!(self.start_upload(), open())?;
+                    self.stream_blob(blob, location, stream, bytes, problem)
+                        .await
+                        .map(|()| BlobAction::Copied)
+                },
+            )
             .await
     }
 

@@ -21,7 +21,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Choose the transport, then ping `/v2/` to learn how the registry authenticates.
+    /// Choose the transport, then (with credentials) ping `/v2/` to learn how the registry
+    /// authenticates.
     pub async fn connect(
         side: Side,
         reference: &Reference,
@@ -84,7 +85,7 @@ impl Registry {
         tracing::debug!(side = %side, registry = %registry.name(), transport = transport.describe(),
             credentials = registry.auth.credential_count(), proxy = proxy.as_deref().unwrap_or("none"),
             "connecting");
-        registry.auth.ping().await?;
+        registry.auth.start().await?;
         Ok(registry)
     }
 

@@ -18,7 +18,7 @@ pub mod tags;
 pub mod transport;
 
 pub use auth::Access;
-pub use blobs::{BlobAction, BlobRef};
+pub use blobs::{BlobAction, BlobRef, Presence};
 pub use client::Registry;
 pub use manifests::{Manifest, Pushed};
 pub use retry::RetryPolicy;
