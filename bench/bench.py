@@ -698,11 +698,74 @@ class Bench:
             raise RuntimeError(f"{tool}: {where} holds {copied}, the source {expected}")
         return result
 
+    def blobs_of(self, shape):
+        """Every blob of the shape's bundle (digest, size), read from the source directly."""
+        def get(conn, path):
+            conn.request("GET", path, headers={"Accept": MANIFEST_ACCEPT})
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: {response.status}")
+            return json.loads(body)
+        conn = self.source.connection()
+        try:
+            pending, seen, blobs = ["v1"], set(), {}
+            while pending:
+                manifest = get(conn, f"/v2/{shape.repository}/manifests/{pending.pop()}")
+                for child in manifest.get("manifests") or []:
+                    if child["digest"] not in seen:
+                        seen.add(child["digest"])
+                        pending.append(child["digest"])
+                if manifest.get("config"):
+                    for blob in [manifest["config"], *(manifest.get("layers") or [])]:
+                        blobs[blob["digest"]] = blob["size"]
+            return sorted(blobs.items(), key=lambda item: -item[1])
+        finally:
+            conn.close()
+
+    def link_floor(self, shape, concurrency=8):
+        """Seconds to fetch every blob of the bundle through the latency proxy, `concurrency` at
+        once, largest first, and nothing else: what the emulated link itself allows."""
+        queue = list(self.blobs_of(shape))
+        lock = threading.Lock()
+        failures = []
+        host, port = self.proxy.host.rsplit(":", 1)
+
+        def fetch():
+            conn = http.client.HTTPConnection(host, int(port), timeout=120)
+            try:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        digest, size = queue.pop(0)
+                    conn.request("GET", f"/v2/{shape.repository}/blobs/{digest}")
+                    response = conn.getresponse()
+                    received = 0
+                    while chunk := response.read(1 << 20):
+                        received += len(chunk)
+                    if response.status != 200 or received != size:
+                        failures.append(f"{digest}: {response.status}, {received} of {size} bytes")
+                        return
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=fetch) for _ in range(min(concurrency, len(queue)))]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise RuntimeError(f"link floor: {failures[0]}")
+        return time.perf_counter() - started
+
     def run_shape(self, shape, network=None):
         log(f"shape {shape.key}: {shape.title}" + (f" (source at {network.label})" if network else ""))
         expected = self.publish(shape)
         destination_registry = self.secure if shape.tls else self.plain
         samples = {"ours": [], "skopeo": []}
+        floor = []
         if shape.mode == "repeat":
             destination_registry.reset()
             command = self.commands(shape, destination_registry, shape.repository)["ours"]
@@ -752,13 +815,17 @@ class Bench:
                        f"{result['destination_requests']} destination requests" if network else ""))
                 if tool == "ours" and self.args.verbose:
                     log("    " + result["stderr"].strip().splitlines()[-1])
+            if network and network.rate_mbit:
+                settle(self.args.max_dirty_mib * 1024, self.args.settle_timeout)
+                floor.append(self.link_floor(shape))
+                log(f"  run {run + 1} link floor: {floor[-1]:6.2f} s to fetch every blob through the proxy")
         if shape.mode == "same-registry":
             shutil.rmtree(self.source.storage / "docker/registry/v2/repositories/bench/same-registry",
                           ignore_errors=True)
         if shape.mode == "import":
             self.archive(shape, "prepared").unlink(missing_ok=True)
         key = f"{shape.key}@{network.key}" if network else shape.key
-        self.results[key] = {"shape": shape, "network": network, "samples": samples}
+        self.results[key] = {"shape": shape, "network": network, "samples": samples, "floor": floor}
 
     def run(self):
         self.setup()
@@ -850,6 +917,19 @@ def report_latency(bench):
                               if v[1] != v[2] else fmt.format(v[0]))
             lines.append(f"| {shape.key}: {shape.title} | {network.label} | {label} | {cell(ours)} | "
                          f"{cell(theirs)} | {ratio} |")
+    floors = [entry for entry in bench.results.values() if entry["floor"]]
+    if floors:
+        lines.append("")
+        lines.append("Link floor: every blob of the bundle fetched through the proxy, 8 at once, largest "
+                     "first, nothing else (once per run, after both tools):")
+    for entry in floors:
+        floor = summary(entry["floor"])
+        ours = statistics.median(s["wall_s"] for s in entry["samples"]["ours"])
+        theirs = statistics.median(s["wall_s"] for s in entry["samples"]["skopeo"])
+        lines.append(f"- shape {entry['shape'].key} at {entry['network'].label}: {floor[0]:.2f} s "
+                     f"({floor[1]:.2f}–{floor[2]:.2f}); bundlecopy's median {ours - floor[0]:+.2f} s above "
+                     f"it, skopeo's {theirs - floor[0]:+.2f} s; the best any copier through this link "
+                     f"could reach is about {floor[0] / theirs:.2f} × skopeo's median")
     lines.append("")
     lines.append("Targets (issue 15; wall-time ratios of the medians):")
     for key, network_key, limit in (("h", "50", 0.4), ("3", "50", 0.4), ("1", "50/200", 0.8)):
@@ -974,8 +1054,9 @@ def main():
     results_dir.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     (results_dir / f"{stamp}.md").write_text(text + "\n")
-    raw = {key: {tool: [{k: v for k, v in s.items() if k not in ("stdout", "stderr")} for s in samples]
-                 for tool, samples in entry["samples"].items()}
+    raw = {key: {**{tool: [{k: v for k, v in s.items() if k not in ("stdout", "stderr")} for s in samples]
+                    for tool, samples in entry["samples"].items()},
+                 **({"link_floor_s": entry["floor"]} if entry.get("floor") else {})}
            for key, entry in bench.results.items()}
     (results_dir / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
     log(f"results: {results_dir / stamp}.md and .json")
