@@ -158,7 +158,10 @@ impl WriteEnd for Registry {
         presence: Presence,
         bytes: &Arc<AtomicU64>,
     ) -> Result<BlobAction, CopyError> {
-        match source.as_registry().filter(|_| !source.held(&blob.digest)) {
+        // Bytes already read are uploaded rather than fetched again, unless a mount (no bytes
+        // at all) can bring them.
+        let stream_from_source = !source.held(&blob.digest) || self.mounts();
+        match source.as_registry().filter(|_| stream_from_source) {
             Some(registry) => self.transfer_blob(registry, blob, presence, bytes).await,
             None => {
                 self.upload_blob(

@@ -95,6 +95,11 @@ impl Registry {
     }
 
     /// The repository this client is bound to.
+    /// Whether blobs come here by mounting them from another repository of the registry.
+    pub fn mounts(&self) -> bool {
+        self.mount_from.is_some()
+    }
+
     pub fn repository(&self) -> &str {
         &self.repository
     }
