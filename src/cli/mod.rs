@@ -251,6 +251,9 @@ pub struct VerifyArgs {
     pub concurrency: usize,
 
     #[command(flatten)]
+    pub referrers: ReferrerArgs,
+
+    #[command(flatten)]
     pub registry: OneRegistryArgs,
 }
 
@@ -401,6 +404,14 @@ pub async fn run_copy(args: CopyArgs) -> Result<(), CliError> {
     print_outcome(&outcome, args.connection.output, started.elapsed())
 }
 
+/// " and N signatures/attestations", or nothing for none.
+fn and_referrers(count: usize) -> String {
+    match count {
+        0 => String::new(),
+        n => format!(" and {n} signatures/attestations"),
+    }
+}
+
 fn print_outcome(
     outcome: &CopyOutcome,
     format: OutputFormat,
@@ -408,10 +419,7 @@ fn print_outcome(
 ) -> Result<(), CliError> {
     let p = outcome.progress;
     let mut stderr = std::io::stderr();
-    let referrers = match outcome.referrers.as_ref().map_or(0, Vec::len) {
-        0 => String::new(),
-        n => format!(" and {n} signatures/attestations"),
-    };
+    let referrers = and_referrers(outcome.referrers.as_ref().map_or(0, Vec::len));
     if outcome.up_to_date {
         let _ = writeln!(
             stderr,
@@ -537,6 +545,7 @@ pub async fn run_verify(args: VerifyArgs) -> Result<(), CliError> {
         &args.reference,
         &endpoint,
         &settings(&args.registry.connection, args.concurrency)?,
+        &args.referrers.selection(),
     )
     .await?;
     let out = match args.registry.connection.output {
@@ -548,9 +557,10 @@ pub async fn run_verify(args: VerifyArgs) -> Result<(), CliError> {
             out
         }
         OutputFormat::Text => format!(
-            "Verified {} {} in {:.1}s: {} manifests and {} blobs ({}) match their digests\n{}@{}\n",
+            "Verified {} {}{} in {:.1}s: {} manifests and {} blobs ({}) match their digests\n{}@{}\n",
             display_name(&report.bundle.name),
             report.bundle.version,
+            and_referrers(report.referrers.len()),
             started.elapsed().as_secs_f64(),
             report.manifests,
             report.blobs,

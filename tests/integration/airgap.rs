@@ -12,6 +12,9 @@ use bundlecopy_engine::{CopyOutcome, ErrorKind, Progress, copy_bundle};
 use crate::copy::{bundle_shapes, cli, endpoint, request, small_bundle};
 use crate::support::check::{CLI_TIMEOUT, run_with_timeout, skopeo};
 use crate::support::process::spawn_tied_to_test_process;
+use crate::support::referrers::{
+    Subject, add_to_tag_index, push_notation_signature, tag_index_digests,
+};
 use crate::support::{
     BundleSpec, Fault, FaultProxy, ImageFormat, PathKind, PushedBundle, RegistryKind, Rule,
     TestRegistry, assert_bundle_copied, bundlecopy_bin, push_bundle, sha256_digest,
@@ -135,16 +138,26 @@ async fn airgap_round_trip_through_one_archive_keeps_every_digest_of_every_shape
     let dir = scratch();
     let archive = dir.path().join("bundles.tar");
     let mut exported = Vec::new();
-    // Every shape into the same archive, one tag each: the archive grows, nothing is dropped.
+    let client = src.client();
+    // Every shape, signed, into the same archive, one tag each: the archive grows, nothing is
+    // dropped.
     for (name, spec) in bundle_shapes() {
-        let pushed = push_bundle(&src, &format!("shapes/{name}"), "v1", &spec).await;
+        let repo = format!("shapes/{name}");
+        let pushed = push_bundle(&src, &repo, "v1", &spec).await;
+        let subject = Subject::new(
+            &pushed.index_media_type,
+            &pushed.index_digest,
+            &pushed.index_bytes,
+        );
+        let signature = push_notation_signature(&client, &repo, &subject, name).await;
+        add_to_tag_index(&client, &repo, &pushed.index_digest, &[&signature]).await;
         let destination = format!("oci-archive:{}:{name}", text(&archive));
         let stdout = copy_ok(&pushed.reference, &destination).await;
         assert_eq!(
             stdout.trim(),
             format!("{destination}@{}", pushed.index_digest)
         );
-        exported.push((name, pushed));
+        exported.push((name, pushed, signature));
     }
     let members = tar_members(&archive);
     assert_eq!(
@@ -162,7 +175,7 @@ async fn airgap_round_trip_through_one_archive_keeps_every_digest_of_every_shape
         "each blob once: {members:?}"
     );
 
-    for (name, pushed) in &exported {
+    for (name, pushed, signature) in &exported {
         let source = format!("oci-archive:{}:{name}", text(&archive));
         let (code, stdout, stderr) = cli(&["inspect", &source, "--output", "json"]).await;
         assert_eq!(code, 0, "{stderr}");
@@ -186,6 +199,18 @@ async fn airgap_round_trip_through_one_archive_keeps_every_digest_of_every_shape
             .await
             .expect("the imported tag");
         assert_eq!(media_type, pushed.index_media_type, "{name}");
+        let imported = format!("imported/{name}");
+        let (bytes, _, _) = dst
+            .client()
+            .get_manifest(&imported, &signature.digest)
+            .await
+            .unwrap_or_else(|| panic!("{name}: the signature did not arrive"));
+        assert_eq!(bytes, signature.bytes, "{name}");
+        assert_eq!(
+            tag_index_digests(&dst.client(), &imported, &pushed.index_digest).await,
+            [signature.digest.as_str()],
+            "{name}"
+        );
     }
 }
 

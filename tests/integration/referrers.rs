@@ -148,6 +148,28 @@ fn listed(report: &Value) -> Vec<(String, String)> {
     listed
 }
 
+/// `bundlecopy copy --source SOURCE --destination DESTINATION --output json`, which must
+/// succeed: the referrers it reports, and its stderr.
+async fn copy_listing(source: &str, destination: &str) -> (Vec<(String, String)>, String) {
+    let (code, stdout, stderr) = cli_copy(source, destination, &["--output", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    (listed(&result), stderr)
+}
+
+/// `bundlecopy inspect REFERENCE --output json`, which must succeed: the referrers it reports.
+async fn inspect_listing(reference: &str) -> Vec<(String, String)> {
+    let (code, stdout, stderr) = cli(vec![
+        "inspect".into(),
+        reference.into(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    listed(&serde_json::from_str(&stdout).unwrap())
+}
+
 fn expected(artifacts: &[&PushedArtifact], found_by: &str) -> Vec<(String, String)> {
     let mut expected: Vec<(String, String)> = artifacts
         .iter()
@@ -180,12 +202,9 @@ async fn referrers_tag_schema_signatures_and_sbom_travel_and_are_found_again() {
     let proxy = FaultProxy::start(&dst);
 
     let destination = format!("{}/mirror", proxy.host());
-    let (code, stdout, stderr) =
-        cli_copy(&pushed.reference, &destination, &["--output", "json"]).await;
-    assert_eq!(code, 0, "{stderr}");
+    let (listed_by_copy, stderr) = copy_listing(&pushed.reference, &destination).await;
     assert!(stderr.contains("and 3 signatures/attestations"), "{stderr}");
-    let result: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(listed(&result), expected(&signed.all(), "TagSchema"));
+    assert_eq!(listed_by_copy, expected(&signed.all(), "TagSchema"));
     assert_bundle_copied(
         &src,
         "team/hello",
@@ -540,4 +559,148 @@ async fn referrers_a_destination_tag_that_is_no_index_is_left_alone() {
         .unwrap();
     assert_eq!(bytes, other.bytes, "left as it was");
     assert_ne!(media_type, OCI_INDEX);
+}
+
+/// The entries of a layout directory's `index.json`, as (digest, tag, artifactType).
+fn layout_entries(layout: &std::path::Path) -> Vec<(String, Option<String>, Option<String>)> {
+    let bytes = std::fs::read(layout.join("index.json")).expect("the layout's index.json");
+    let index: Value = serde_json::from_slice(&bytes).expect("index.json is JSON");
+    let mut entries: Vec<_> = index["manifests"]
+        .as_array()
+        .expect("index.json lists manifests")
+        .iter()
+        .map(|entry| {
+            let text = |v: &Value| v.as_str().map(str::to_string);
+            (
+                text(&entry["digest"]).expect("a digest"),
+                text(&entry["annotations"]["org.opencontainers.image.ref.name"]),
+                text(&entry["artifactType"]),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_cross_an_air_gap_in_a_layout_and_an_archive() {
+    let (src, dst, pushed) = hello_at_a_source().await;
+    let client = src.client();
+    let signed = Signed::push(&client, &pushed, true).await;
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let layout = scratch.path().join("layout");
+    let archive = scratch.path().join("hello.tar");
+    let layout_ref = format!("oci:{}:v1", layout.display());
+    let archive_ref = format!("oci-archive:{}:v1", archive.display());
+
+    // Registry → layout directory: each referrer is an untagged index.json entry, found again
+    // through the subject its manifest names.
+    let (listed_by_copy, stderr) = copy_listing(&pushed.reference, &layout_ref).await;
+    assert!(stderr.contains("and 3 signatures/attestations"), "{stderr}");
+    assert_eq!(listed_by_copy, expected(&signed.all(), "TagSchema"));
+    let mut wanted: Vec<_> = signed
+        .all()
+        .iter()
+        .map(|a| (a.digest.clone(), None, Some(a.artifact_type.clone())))
+        .chain([(pushed.index_digest.clone(), Some("v1".to_string()), None)])
+        .collect();
+    wanted.sort();
+    assert_eq!(layout_entries(&layout), wanted);
+    for artifact in signed.all() {
+        let (algorithm, hex) = artifact.digest.split_once(':').unwrap();
+        let bytes = std::fs::read(layout.join("blobs").join(algorithm).join(hex)).unwrap();
+        assert_eq!(bytes, artifact.bytes, "byte for byte");
+    }
+    assert_eq!(
+        inspect_listing(&layout_ref).await,
+        expected(&signed.all(), "LayoutIndex")
+    );
+    let untagged = format!("oci:{}", layout.display());
+    let (code, stdout, stderr) = cli(vec!["verify".into(), untagged]).await;
+    assert_eq!(
+        code, 0,
+        "the signatures beside it do not count as images: {stderr}"
+    );
+    assert!(stdout.contains(&pushed.index_digest), "{stdout}");
+
+    // Layout → archive → a registry on the far side: every referrer and every subject's
+    // tag-schema index arrive, the bundle's digest unchanged.
+    let (code, _, stderr) = cli_copy(&layout_ref, &archive_ref, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("and 3 signatures/attestations"), "{stderr}");
+    let (code, stdout, stderr) = cli(vec!["verify".into(), archive_ref.clone()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("and 3 signatures/attestations"),
+        "verify checks the referrers too: {stdout}"
+    );
+    let destination = format!("{}/private/hello", dst.host());
+    let (listed_by_copy, _) = copy_listing(&archive_ref, &destination).await;
+    assert_eq!(listed_by_copy, expected(&signed.all(), "LayoutIndex"));
+    assert_bundle_copied(
+        &src,
+        "team/hello",
+        &dst,
+        "private/hello",
+        "v1",
+        &pushed.index_digest,
+    )
+    .await;
+    let dst_client = dst.client();
+    assert_artifacts_at(&dst_client, "private/hello", &signed.all()).await;
+    for (subject, referrer) in [
+        (&pushed.index_digest, &signed.signature),
+        (&signed.db.digest, &signed.sbom),
+        (&signed.sbom.digest, &signed.sbom_signature),
+    ] {
+        assert_eq!(
+            tag_index_digests(&dst_client, "private/hello", subject).await,
+            [referrer.digest.as_str()],
+            "{subject}"
+        );
+    }
+
+    // A repeat export finds every referrer in the archive and leaves the file alone.
+    let written = || {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(&archive).unwrap();
+        (metadata.ino(), metadata.mtime_nsec(), metadata.len())
+    };
+    let before = written();
+    let (code, _, stderr) = cli_copy(&pushed.reference, &archive_ref, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("already holds this bundle and 3 signatures/attestations"),
+        "{stderr}"
+    );
+    assert_eq!(written(), before, "the archive was not written again");
+
+    // A signature made after the export: the next export writes the archive again with it
+    // (an archive is written whole), the bundle's digest unchanged.
+    let later =
+        push_notation_signature(&client, "team/hello", &index_subject(&pushed), "later").await;
+    add_to_tag_index(&client, "team/hello", &pushed.index_digest, &[&later]).await;
+    let (code, stdout, stderr) = cli_copy(&pushed.reference, &archive_ref, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("and 4 signatures/attestations"), "{stderr}");
+    assert!(stdout.contains(&pushed.index_digest), "{stdout}");
+    assert_ne!(
+        written().0,
+        before.0,
+        "a new archive was renamed into place"
+    );
+    let mut all = signed.all().to_vec();
+    all.push(&later);
+    assert_eq!(
+        inspect_listing(&archive_ref).await,
+        expected(&all, "LayoutIndex")
+    );
+    // The layout directory takes the new signature alone.
+    let (code, _, stderr) = cli_copy(&pushed.reference, &layout_ref, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        layout_entries(&layout)
+            .iter()
+            .any(|(d, tag, _)| *d == later.digest && tag.is_none())
+    );
 }

@@ -12,7 +12,9 @@ use sigstore::cosign::{
 use sigstore::crypto::SigningScheme;
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 
-use crate::support::{BundleSpec, ImageFormat, RegistryKind, TestRegistry, push_bundle, run_cli};
+use crate::support::{
+    BundleSpec, ImageFormat, PushedBundle, RegistryKind, TestRegistry, push_bundle, run_cli,
+};
 
 /// A cosign client for plain-HTTP loopback registries.
 fn cosign() -> sigstore::cosign::Client {
@@ -85,8 +87,28 @@ async fn verify(image: &str, public_key: &str) -> Result<(), String> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn signed_a_cosign_signature_verifies_at_the_destination_and_not_when_tampered() {
+/// `bundlecopy copy --source SOURCE --destination DESTINATION`, off the runtime; must succeed.
+/// Its stderr.
+async fn copy_with_cli(source: &str, destination: &str) -> String {
+    let args: Vec<String> = vec![
+        "copy".into(),
+        "--source".into(),
+        source.into(),
+        "--destination".into(),
+        destination.into(),
+    ];
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("the CLI ran");
+    assert_eq!(code, 0, "{source} -> {destination}: {stderr}");
+    stderr
+}
+
+/// Two plain registries, the hello bundle at the first as `team/hello:v1`, signed with a new
+/// key; the public key.
+async fn signed_hello() -> (TestRegistry, TestRegistry, PushedBundle, String) {
     bundlecopy_engine::install_crypto_provider();
     let (src, dst) = tokio::join!(
         TestRegistry::start(RegistryKind::Plain),
@@ -95,24 +117,18 @@ async fn signed_a_cosign_signature_verifies_at_the_destination_and_not_when_tamp
     let spec = BundleSpec::new("hello", "0.1.0").with_component("db", ImageFormat::Oci, &[2000]);
     let pushed = push_bundle(&src, "team/hello", "v1", &spec).await;
     let public_key = sign(&pushed.reference).await;
+    (src, dst, pushed, public_key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_a_cosign_signature_verifies_at_the_destination_and_not_when_tampered() {
+    let (_src, dst, pushed, public_key) = signed_hello().await;
     verify(&pushed.reference, &public_key)
         .await
         .expect("the signature verifies at the source");
 
     let destination = format!("{}/mirror/hello:v1", dst.host());
-    let args: Vec<String> = vec![
-        "copy".into(),
-        "--source".into(),
-        pushed.reference.clone(),
-        "--destination".into(),
-        destination.clone(),
-    ];
-    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
-        run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = copy_with_cli(&pushed.reference, &destination).await;
     assert!(stderr.contains("and 1 signatures/attestations"), "{stderr}");
     verify(&destination, &public_key)
         .await
@@ -153,5 +169,34 @@ async fn signed_a_cosign_signature_verifies_at_the_destination_and_not_when_tamp
     assert!(
         verify(&destination, &public_key).await.is_err(),
         "a tampered signature does not verify"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_a_cosign_signature_still_verifies_after_an_air_gap() {
+    let (_src, dst, pushed, public_key) = signed_hello().await;
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let archive = format!(
+        "oci-archive:{}:v1",
+        scratch.path().join("hello.tar").display()
+    );
+
+    // Export on the connected side, import on the other: the signature travels in the archive
+    // under cosign's tag name and verifies where it lands.
+    let stderr = copy_with_cli(&pushed.reference, &archive).await;
+    assert!(stderr.contains("and 1 signatures/attestations"), "{stderr}");
+    let destination = format!("{}/private/hello:v1", dst.host());
+    let stderr = copy_with_cli(&archive, &destination).await;
+    assert!(stderr.contains("and 1 signatures/attestations"), "{stderr}");
+    verify(&destination, &public_key)
+        .await
+        .expect("the signature verifies after the air gap");
+    let tag = format!("{}.sig", pushed.index_digest.replacen(':', "-", 1));
+    assert!(
+        dst.client()
+            .get_manifest("private/hello", &tag)
+            .await
+            .is_some(),
+        "the .sig tag arrived under its name"
     );
 }

@@ -12,15 +12,14 @@ use serde::Serialize;
 
 use crate::bundle;
 use crate::copy::ends::{AnySource, ReadEnd};
-use crate::copy::plan::walk_closure;
+use crate::copy::plan::walk_from;
 use crate::copy::referrers::Referrer;
 use crate::copy::source::{SourceBundle, read_bundle, tag_or_digest};
 use crate::copy::{BundleInfo, closure_and_referrers, parse_location, parse_reference};
 use crate::error::{CopyError, Side};
 use crate::layout::location::Location;
 use crate::layout::reader::LayoutReader;
-use crate::reference::Reference;
-use crate::registry::{Access, Registry};
+use crate::registry::{Access, Manifest, Registry};
 use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
 use crate::verify;
 
@@ -123,14 +122,14 @@ async fn open(
                 relocated_in: repository.clone(),
                 repository,
                 reference: tag,
-                source: AnySource::Layout(reader),
+                source: AnySource::Layout(Box::new(reader)),
             })
         }
     }
 }
 
 /// Read a bundle without copying it, from a registry or a layout (`oci:`, `oci-archive:`), with
-/// the referrers `selection` asks for (a registry's only, so far).
+/// the referrers `selection` asks for.
 pub async fn inspect_bundle(
     reference: &str,
     endpoint: &EndpointOptions,
@@ -139,12 +138,14 @@ pub async fn inspect_bundle(
 ) -> Result<InspectReport, CopyError> {
     let opened = open(reference, endpoint, settings).await?;
     let bundle = read_bundle(&opened.source, &opened.name, &opened.reference).await?;
-    let referrers = match (&opened.source, parse_location(reference, true)?) {
-        (AnySource::Registry(registry), Location::Registry(reference)) => {
-            bundle_referrers(registry, &reference, &bundle, settings, selection).await?
-        }
-        _ => Vec::new(),
-    };
+    let referrers = bundle_referrers(
+        &opened.source,
+        &opened.repository,
+        &bundle,
+        settings,
+        selection,
+    )
+    .await?;
     Ok(report(
         opened.name,
         &bundle,
@@ -192,14 +193,19 @@ pub struct VerifyReport {
     /// Blobs read whole and checked.
     pub blobs: u64,
     pub bytes: u64,
+    /// The signatures, attestations and SBOMs checked with the bundle (their manifests and
+    /// blobs are counted above).
+    pub referrers: Vec<Referrer>,
 }
 
-/// Read every manifest and every blob of a bundle, wherever it is, and check each against its
-/// digest and size; the first mismatch is the error.
+/// Read every manifest and every blob of a bundle, wherever it is, and of the referrers
+/// `selection` asks for, and check each against its digest and size; the first mismatch is the
+/// error.
 pub async fn verify_bundle(
     reference: &str,
     endpoint: &EndpointOptions,
     settings: &EngineSettings,
+    selection: &ReferrerSelection,
 ) -> Result<VerifyReport, CopyError> {
     let Opened {
         source: src,
@@ -211,14 +217,18 @@ pub async fn verify_bundle(
     let src = &src;
     let bundle = read_bundle(src, &name, &reference).await?;
     let concurrency = settings.max_concurrent_blobs.max(1);
-    let plan = walk_closure(
-        src,
-        &repository,
-        &bundle.bundle_index,
-        &bundle.config_manifest,
-        concurrency,
-    )
-    .await?;
+    let (bundle_plan, discovery) =
+        closure_and_referrers(src, &repository, &bundle, selection, concurrency).await?;
+    let roots: Vec<Manifest> = discovery
+        .referrers
+        .iter()
+        .map(|r| r.manifest.clone())
+        .collect();
+    let referrer_plan = walk_from(src, &repository, &roots, concurrency)
+        .await
+        .map_err(|e| e.for_referrer(|| "reading the manifests of the referrers".into()))?;
+    let manifests = bundle_plan.manifests.len() + 1 + referrer_plan.manifests.len();
+    let plan = bundle_plan.with_blobs_of([&referrer_plan]);
     let bytes = Arc::new(AtomicU64::new(0));
     futures_util::stream::iter(plan.blob_order().into_iter().map(Ok::<_, CopyError>))
         .try_for_each_concurrent(concurrency, |blob| {
@@ -235,9 +245,10 @@ pub async fn verify_bundle(
         reference: name,
         digest: bundle.index.digest.clone(),
         bundle: BundleInfo::of(&bundle),
-        manifests: plan.manifests.len() as u64 + 1,
+        manifests: manifests as u64,
         blobs: plan.blobs.len() as u64,
         bytes: bytes.load(Ordering::Relaxed),
+        referrers: discovery.reports(),
     })
 }
 
@@ -253,14 +264,15 @@ pub async fn list_referrers(
     let reference = parse_reference(reference)?;
     let registry = Registry::connect(side, &reference, Access::Pull, endpoint, settings).await?;
     let bundle = read_bundle(&registry, &reference.to_string(), tag_or_digest(&reference)).await?;
-    let mut found = bundle_referrers(&registry, &reference, &bundle, settings, selection).await?;
+    let repository = reference.repository();
+    let mut found = bundle_referrers(&registry, repository, &bundle, settings, selection).await?;
     found.sort();
     Ok(found)
 }
 
 async fn bundle_referrers(
-    registry: &Registry,
-    reference: &Reference,
+    src: &impl ReadEnd,
+    repository: &str,
     bundle: &SourceBundle,
     settings: &EngineSettings,
     selection: &ReferrerSelection,
@@ -269,8 +281,8 @@ async fn bundle_referrers(
         return Ok(Vec::new());
     }
     let (_, discovery) = closure_and_referrers(
-        registry,
-        reference.repository(),
+        src,
+        repository,
         bundle,
         selection,
         settings.max_concurrent_blobs,

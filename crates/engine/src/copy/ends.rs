@@ -8,17 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
+use serde_json::{Map, Value};
 
 use super::plan::{ClosureManifest, ManifestSource, Plan};
+use super::referrers::{Discovery, FoundBy, FoundReferrer, Generation, ReferrerSource};
 use crate::error::CopyError;
 use crate::layout::archive::{ArchiveWriter, Contents};
 use crate::layout::dir::DirWriter;
+use crate::layout::index::NewEntry;
 use crate::layout::reader::LayoutReader;
 use crate::registry::{BlobAction, BlobRef, Manifest, Presence, Registry, RetryPolicy};
 use crate::verify::{BlobStream, StreamProblem, Verification, VerifyingStream};
 
-/// Where a bundle is read from.
-pub trait ReadEnd: ManifestSource {
+/// Where a bundle is read from, with its referrers.
+pub trait ReadEnd: ReferrerSource {
     /// The manifest a tag or digest names, checked against its digest; `None` when absent.
     fn get_manifest(
         &self,
@@ -53,17 +56,46 @@ pub trait ReadEnd: ManifestSource {
     }
 }
 
-/// Where a bundle is written: blobs, then manifests, then the index under its tag, then
-/// `commit`.
+/// What a copy writes, known before the first write.
+pub struct Writing<'a> {
+    /// The bundle's closure; `None` when the destination holds the bundle and takes only
+    /// referrers.
+    pub bundle: Option<&'a Plan>,
+    /// Every blob to bring: the bundle's (when it is written) and the referrers'.
+    pub blobs: &'a Plan,
+    /// The referrers, generation by generation, each with the closure of its manifests.
+    pub generations: &'a [Generation<'a>],
+    pub discovery: &'a Discovery,
+    /// The tag the index goes under.
+    pub tag: &'a str,
+    pub index: &'a Manifest,
+}
+
+/// What an end must write to gain the referrers it lacks of a bundle it holds already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferrerUpdate {
+    /// Nothing: it holds every one.
+    Nothing,
+    /// The referrers alone.
+    Referrers,
+    /// The bundle again with its referrers (an archive is written whole).
+    Everything,
+}
+
+/// Where a bundle is written: blobs, then manifests, then the referrers, then the index under
+/// its tag, then `commit`.
 pub trait WriteEnd: Sync {
     /// The digest the tag names here, if any.
     fn tagged(&self, tag: &str) -> impl Future<Output = Result<Option<String>, CopyError>> + Send;
+    /// What this end must write to hold `referrers` too, when it holds the bundle (a registry
+    /// checks each referrer as it writes it).
+    fn referrer_update(&self, _referrers: &[FoundReferrer]) -> ReferrerUpdate {
+        ReferrerUpdate::Referrers
+    }
     /// Called once the plan is known, before any write.
     fn prepare(
         &mut self,
-        plan: &Plan,
-        tag: &str,
-        index: &Manifest,
+        writing: &Writing<'_>,
     ) -> impl Future<Output = Result<(), CopyError>> + Send;
     /// What this end can tell of a blob before `receive_blob` (a registry: one HEAD, sent
     /// ahead of the transfers).
@@ -87,6 +119,14 @@ pub trait WriteEnd: Sync {
         &self,
         manifest: &ClosureManifest,
     ) -> impl Future<Output = Result<(), CopyError>> + Send;
+    /// Make the referrers, their manifests stored, findable by their subjects (a layout's
+    /// `index.json` entries). A registry is written through `as_registry` instead.
+    fn index_referrers(
+        &self,
+        _writing: &Writing<'_>,
+    ) -> impl Future<Output = Result<(), CopyError>> + Send {
+        async { Ok(()) }
+    }
     /// Store the index under `tag`, last; the digest this end reports for it.
     fn tag_index(
         &self,
@@ -95,7 +135,8 @@ pub trait WriteEnd: Sync {
     ) -> impl Future<Output = Result<Option<String>, CopyError>> + Send;
     /// Make the copy visible (an archive is renamed to its name).
     fn commit(&self) -> impl Future<Output = Result<(), CopyError>> + Send;
-    /// The registry, when this end is one (referrers are written to registries only, so far).
+    /// The registry, when this end is one (it takes referrers as it is sent them, through the
+    /// referrers API or the tag schema).
     fn as_registry(&self) -> Option<&Registry> {
         None
     }
@@ -139,7 +180,7 @@ impl WriteEnd for Registry {
         self.head_manifest(tag).await
     }
 
-    async fn prepare(&mut self, _: &Plan, _: &str, _: &Manifest) -> Result<(), CopyError> {
+    async fn prepare(&mut self, _: &Writing<'_>) -> Result<(), CopyError> {
         Ok(())
     }
 
@@ -238,10 +279,24 @@ impl ReadEnd for LayoutReader {
     }
 }
 
+impl ReferrerSource for LayoutReader {
+    async fn referrers(&self, digest: &str) -> Result<Option<Vec<Bytes>>, CopyError> {
+        LayoutReader::referrers(self, digest).await.map(Some)
+    }
+
+    async fn tags(&self) -> Result<Vec<String>, CopyError> {
+        Ok(self.index().tags())
+    }
+
+    fn listed_by(&self) -> FoundBy {
+        FoundBy::LayoutIndex
+    }
+}
+
 /// A source of either kind (what `inspect` and `verify` read).
 pub enum AnySource {
     Registry(Box<Registry>),
-    Layout(LayoutReader),
+    Layout(Box<LayoutReader>),
 }
 
 impl ManifestSource for AnySource {
@@ -257,46 +312,69 @@ impl ManifestSource for AnySource {
     }
 }
 
+impl ReferrerSource for AnySource {
+    async fn referrers(&self, digest: &str) -> Result<Option<Vec<Bytes>>, CopyError> {
+        match self {
+            AnySource::Registry(registry) => ReferrerSource::referrers(&**registry, digest).await,
+            AnySource::Layout(layout) => ReferrerSource::referrers(&**layout, digest).await,
+        }
+    }
+
+    async fn tags(&self) -> Result<Vec<String>, CopyError> {
+        match self {
+            AnySource::Registry(registry) => ReferrerSource::tags(&**registry).await,
+            AnySource::Layout(layout) => ReferrerSource::tags(&**layout).await,
+        }
+    }
+
+    fn listed_by(&self) -> FoundBy {
+        match self {
+            AnySource::Registry(registry) => ReferrerSource::listed_by(&**registry),
+            AnySource::Layout(layout) => ReferrerSource::listed_by(&**layout),
+        }
+    }
+}
+
 impl ReadEnd for AnySource {
     async fn get_manifest(&self, reference: &str) -> Result<Option<Manifest>, CopyError> {
         match self {
             AnySource::Registry(registry) => ReadEnd::get_manifest(&**registry, reference).await,
-            AnySource::Layout(layout) => ReadEnd::get_manifest(layout, reference).await,
+            AnySource::Layout(layout) => ReadEnd::get_manifest(&**layout, reference).await,
         }
     }
 
     fn missing(&self, reference: &str) -> String {
         match self {
             AnySource::Registry(registry) => ReadEnd::missing(&**registry, reference),
-            AnySource::Layout(layout) => ReadEnd::missing(layout, reference),
+            AnySource::Layout(layout) => ReadEnd::missing(&**layout, reference),
         }
     }
 
     async fn read_blob(&self, digest: &str, limit: usize) -> Result<Bytes, CopyError> {
         match self {
             AnySource::Registry(registry) => ReadEnd::read_blob(&**registry, digest, limit).await,
-            AnySource::Layout(layout) => ReadEnd::read_blob(layout, digest, limit).await,
+            AnySource::Layout(layout) => ReadEnd::read_blob(&**layout, digest, limit).await,
         }
     }
 
     async fn open_blob(&self, blob: &BlobRef) -> Result<BlobStream, CopyError> {
         match self {
             AnySource::Registry(registry) => ReadEnd::open_blob(&**registry, blob).await,
-            AnySource::Layout(layout) => ReadEnd::open_blob(layout, blob).await,
+            AnySource::Layout(layout) => ReadEnd::open_blob(&**layout, blob).await,
         }
     }
 
     fn stream_problem(&self, digest: &str, problem: StreamProblem) -> CopyError {
         match self {
             AnySource::Registry(registry) => ReadEnd::stream_problem(&**registry, digest, problem),
-            AnySource::Layout(layout) => ReadEnd::stream_problem(layout, digest, problem),
+            AnySource::Layout(layout) => ReadEnd::stream_problem(&**layout, digest, problem),
         }
     }
 
     fn policy(&self) -> RetryPolicy {
         match self {
             AnySource::Registry(registry) => ReadEnd::policy(&**registry),
-            AnySource::Layout(layout) => ReadEnd::policy(layout),
+            AnySource::Layout(layout) => ReadEnd::policy(&**layout),
         }
     }
 
@@ -306,6 +384,28 @@ impl ReadEnd for AnySource {
             AnySource::Layout(_) => None,
         }
     }
+}
+
+/// How a layout lists a referrer in `index.json`: under cosign's tag when it has one; else with
+/// no tag, as the source listed it (`artifactType`, `annotations`), to be found again by the
+/// subject its manifest names.
+fn layout_entry(found: &FoundReferrer) -> NewEntry {
+    let manifest = &found.manifest;
+    let mut descriptor = match &found.entry {
+        Some(Value::Object(listed)) => listed.clone(),
+        _ => Map::new(),
+    };
+    descriptor.insert(
+        "mediaType".into(),
+        Value::from(manifest.media_type.as_str()),
+    );
+    descriptor.insert("digest".into(), Value::from(manifest.digest.as_str()));
+    descriptor.insert("size".into(), Value::from(manifest.bytes.len() as u64));
+    if found.referrer.tag.is_none() && !descriptor.contains_key("artifactType") {
+        let artifact_type = found.referrer.artifact_type.as_str();
+        descriptor.insert("artifactType".into(), Value::from(artifact_type));
+    }
+    NewEntry::from_descriptor(found.referrer.tag.as_deref(), descriptor)
 }
 
 /// A layout directory or an archive being written.
@@ -322,26 +422,52 @@ impl WriteEnd for LayoutWriter {
         })
     }
 
-    async fn prepare(&mut self, plan: &Plan, tag: &str, index: &Manifest) -> Result<(), CopyError> {
+    fn referrer_update(&self, referrers: &[FoundReferrer]) -> ReferrerUpdate {
+        let held = |entry: NewEntry| match self {
+            LayoutWriter::Directory(dir) => dir.holds(&entry),
+            LayoutWriter::Archive(archive) => archive.holds(&entry),
+        };
+        if referrers.iter().map(layout_entry).all(held) {
+            ReferrerUpdate::Nothing
+        } else if matches!(self, LayoutWriter::Archive(_)) {
+            ReferrerUpdate::Everything
+        } else {
+            ReferrerUpdate::Referrers
+        }
+    }
+
+    async fn prepare(&mut self, writing: &Writing<'_>) -> Result<(), CopyError> {
         match self {
             LayoutWriter::Directory(dir) => dir.prepare().await,
             LayoutWriter::Archive(archive) => {
+                let index = writing.index;
+                let referrer_manifests = writing.generations.iter().flat_map(|g| &g.plan.manifests);
+                let bundle_manifests = writing.bundle.iter().flat_map(|p| &p.manifests);
+                let mut entries: Vec<NewEntry> = writing
+                    .discovery
+                    .referrers
+                    .iter()
+                    .map(layout_entry)
+                    .collect();
+                entries.push(NewEntry::tagged(
+                    writing.tag,
+                    &index.media_type,
+                    &index.digest,
+                    index.bytes.len() as u64,
+                ));
                 let contents = Contents {
-                    blobs: plan
+                    blobs: writing
+                        .blobs
                         .blobs
                         .iter()
                         .map(|b| (b.digest.as_str(), b.size))
                         .collect(),
-                    manifests: plan
-                        .manifests
-                        .iter()
+                    manifests: bundle_manifests
+                        .chain(referrer_manifests)
                         .map(|m| (m.digest.as_str(), m.bytes.len() as u64))
                         .chain([(index.digest.as_str(), index.bytes.len() as u64)])
                         .collect(),
-                    tag,
-                    index_digest: &index.digest,
-                    index_media_type: &index.media_type,
-                    index_size: index.bytes.len() as u64,
+                    entries,
                 };
                 archive.prepare(&contents).await
             }
@@ -394,6 +520,17 @@ impl WriteEnd for LayoutWriter {
                 .put_manifest(&m.digest, m.bytes.clone())
                 .await
                 .map(drop),
+        }
+    }
+
+    async fn index_referrers(&self, writing: &Writing<'_>) -> Result<(), CopyError> {
+        match self {
+            LayoutWriter::Directory(dir) => {
+                let entries = writing.discovery.referrers.iter().map(layout_entry);
+                dir.add_entries(entries.collect()).await
+            }
+            // Its index.json, laid out with the referrers' entries, is written with the tag.
+            LayoutWriter::Archive(_) => Ok(()),
         }
     }
 

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::ends::{ReadEnd, WriteEnd};
+use super::ends::{ReadEnd, WriteEnd, Writing};
 use super::plan::{ClosureManifest, Plan};
 use super::progress::Progress;
-use super::referrers::{self, FoundReferrer, IndexUpdate};
+use super::referrers::{self, FoundReferrer, Generation, IndexUpdate};
 use crate::bundle::OCI_INDEX;
 use crate::error::{CopyError, Side};
 use crate::registry::{BlobRef, Presence, Registry};
@@ -135,12 +135,6 @@ async fn push_levels<D: WriteEnd>(
     Ok(())
 }
 
-/// One generation of referrers and the closure of their manifests (the referrers are its roots).
-pub struct Generation<'a> {
-    pub referrers: Vec<&'a FoundReferrer>,
-    pub plan: Plan,
-}
-
 /// How a referrer reached the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Landed {
@@ -162,10 +156,39 @@ enum DestinationApi {
     Absent,
 }
 
+/// Write the referrers, their closures' blobs already there: after the bundle's manifests,
+/// before its tag moves, so a tag never names a bundle whose signatures are still on their way.
+/// A registry takes them as `push_referrers` writes them; any other end stores their manifests
+/// and then lists them (`WriteEnd::index_referrers`).
+pub async fn store_referrers<D: WriteEnd>(
+    dst: &D,
+    writing: &Writing<'_>,
+    progress: &Progress,
+) -> Result<(), CopyError> {
+    let Some(registry) = dst.as_registry() else {
+        for generation in writing.generations {
+            push_manifests(dst, &generation.plan, progress).await?;
+        }
+        return dst.index_referrers(writing).await;
+    };
+    if writing.generations.is_empty() {
+        return Ok(());
+    }
+    if writing.bundle.is_some() {
+        // Referrers of the index need it there first (by digest); its tag moves last.
+        let index = writing.index;
+        registry
+            .put_manifest(&index.digest, index.bytes.clone(), &index.media_type)
+            .await?;
+    }
+    let tag_indexes = &writing.discovery.tag_indexes;
+    push_referrers(registry, writing.generations, tag_indexes, progress).await
+}
+
 /// Push the referrers generation by generation (a signature on an SBOM after the SBOM), each
 /// after its own children; cosign's tags under their names; and, where the destination has no
 /// referrers API, each subject's `sha256-<hex>` index merged with what is there.
-pub async fn push_referrers(
+async fn push_referrers(
     dst: &Registry,
     generations: &[Generation<'_>],
     tag_indexes: &std::collections::HashMap<String, bytes::Bytes>,

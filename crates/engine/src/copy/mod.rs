@@ -1,7 +1,7 @@
 //! A copy, as a pipeline: read the source bundle, plan (`plan`), find its referrers
 //! (`referrers`), execute (`execute`), verify the index the destination stored. Either end is a
-//! registry, a layout directory or an archive, behind the traits of `ends` (referrers travel
-//! between registries only, so far). The engine shared by the CLI and the operator.
+//! registry, a layout directory or an archive, behind the traits of `ends`; referrers travel
+//! between any two. The engine shared by the CLI and the operator.
 
 pub mod ends;
 mod execute;
@@ -23,7 +23,7 @@ use crate::layout::reader::LayoutReader;
 use crate::reference::{Reference, derive_destination, is_bare_registry};
 use crate::registry::{Access, Manifest, Registry};
 use crate::settings::{EndpointOptions, EngineSettings, ReferrerSelection};
-use ends::{LayoutWriter, ReadEnd, WriteEnd};
+use ends::{LayoutWriter, ReadEnd, ReferrerUpdate, WriteEnd, Writing};
 use plan::DestinationState;
 pub use progress::{Progress, ProgressSnapshot};
 pub use referrers::{FoundBy, Referrer};
@@ -337,14 +337,7 @@ async fn run<S: ReadEnd, D: WriteEnd>(
         &names.destination,
     )?;
     let up_to_date = state == DestinationState::UpToDate;
-    // Referrers travel between registries; to or from a layout only the bundle does, so far.
-    let registries = src.as_registry().zip(dst.as_registry());
-    let with_referrers = request.referrers.copy && registries.is_some();
-    if request.referrers.copy && registries.is_none() && !up_to_date {
-        tracing::warn!(
-            "signatures, attestations and SBOMs are not copied to or from layouts yet: only the bundle is"
-        );
-    }
+    let with_referrers = request.referrers.copy;
     let src = &source::Remembering::new(src, &index);
     if up_to_date && !with_referrers {
         let bundle = source::read_bundle_json(src, &names.source, &index).await?;
@@ -352,9 +345,7 @@ async fn run<S: ReadEnd, D: WriteEnd>(
         return Ok(outcome(&names, &bundle, true, None, progress.snapshot()));
     }
     let concurrency = request.settings.max_concurrent_blobs;
-    let selection = registries
-        .filter(|_| with_referrers)
-        .map(|(registry, _)| (registry, &request.referrers));
+    let selection = with_referrers.then_some(&request.referrers);
     // The walk and the search for referrers only read the source, so they run while bundle.json
     // is read: nothing is written before all are done. When both fail, the bundle.json read's
     // error says more (the walk meets a broken config manifest too, as a manifest it cannot
@@ -371,15 +362,26 @@ async fn run<S: ReadEnd, D: WriteEnd>(
     );
     let bundle = bundle?;
     let (plan, discovery) = closure?;
-    let generations = match registries {
-        Some((registry, _)) => {
-            referrer_generations(registry, &names.source_repository, &discovery, concurrency)
-                .await?
-        }
-        None => Vec::new(),
+    let update = match up_to_date {
+        true => dst.referrer_update(&discovery.referrers),
+        false => ReferrerUpdate::Everything,
     };
+    if update == ReferrerUpdate::Nothing {
+        tracing::info!(destination = %names.destination, digest = %bundle.index.digest,
+            referrers = discovery.referrers.len(), "destination is up to date");
+        let referrers = with_referrers.then(|| discovery.reports());
+        return Ok(outcome(
+            &names,
+            &bundle,
+            true,
+            referrers,
+            progress.snapshot(),
+        ));
+    }
+    let generations =
+        referrer_generations(src, &names.source_repository, &discovery, concurrency).await?;
     let work = Work {
-        bundle: (!up_to_date).then_some(&plan),
+        bundle: (update == ReferrerUpdate::Everything).then_some(&plan),
         generations: &generations,
         discovery: &discovery,
     };
@@ -407,7 +409,7 @@ async fn run<S: ReadEnd, D: WriteEnd>(
 
 /// The bundle's closure, and the referrers of every digest in it (the index's too).
 pub(crate) async fn closure_and_referrers(
-    src: &Registry,
+    src: &impl ReadEnd,
     repository: &str,
     bundle: &SourceBundle,
     selection: &ReferrerSelection,
@@ -434,26 +436,18 @@ pub(crate) async fn closure_and_referrers(
 }
 
 /// The closure of the index as a copy walks it, with nothing read but the index, and the
-/// referrers `selection` (with the source registry) asks for.
+/// referrers `selection` asks for (none without one).
 async fn closure_of<S: ReadEnd>(
     src: &source::Remembering<'_, S>,
     repository: &str,
     index: &source::SourceIndex,
-    selection: Option<(&Registry, &ReferrerSelection)>,
+    selection: Option<&ReferrerSelection>,
     concurrency: usize,
 ) -> Result<(plan::Plan, referrers::Discovery), CopyError> {
     let plan = plan::walk_index(src, repository, &index.bundle_index, concurrency).await?;
     let discovery = match selection {
-        Some((registry, selection)) => {
-            find_referrers(
-                registry,
-                repository,
-                &index.index,
-                &plan,
-                selection,
-                concurrency,
-            )
-            .await?
+        Some(selection) => {
+            find_referrers(src, repository, &index.index, &plan, selection, concurrency).await?
         }
         None => referrers::Discovery::default(),
     };
@@ -462,7 +456,7 @@ async fn closure_of<S: ReadEnd>(
 
 /// The referrers of the index and of every manifest of its closure.
 async fn find_referrers(
-    src: &Registry,
+    src: &impl ReadEnd,
     repository: &str,
     index: &Manifest,
     plan: &plan::Plan,
@@ -477,11 +471,11 @@ async fn find_referrers(
 
 /// The referrers found, generation by generation, each with the closure of its manifests.
 async fn referrer_generations<'a>(
-    src: &Registry,
+    src: &impl ReadEnd,
     repository: &str,
     discovery: &'a referrers::Discovery,
     concurrency: usize,
-) -> Result<Vec<execute::Generation<'a>>, CopyError> {
+) -> Result<Vec<referrers::Generation<'a>>, CopyError> {
     let deepest = discovery
         .referrers
         .iter()
@@ -499,7 +493,7 @@ async fn referrer_generations<'a>(
         let plan = plan::walk_from(src, repository, &roots, concurrency)
             .await
             .map_err(|e| e.for_referrer(|| "reading the manifests of the referrers".into()))?;
-        generations.push(execute::Generation { referrers, plan });
+        generations.push(referrers::Generation { referrers, plan });
     }
     Ok(generations)
 }
@@ -525,7 +519,7 @@ fn destination_reference(names: &Names, source_digest: &str) -> Result<String, C
 /// referrers.
 struct Work<'a> {
     bundle: Option<&'a plan::Plan>,
-    generations: &'a [execute::Generation<'a>],
+    generations: &'a [referrers::Generation<'a>],
     discovery: &'a referrers::Discovery,
 }
 
@@ -568,30 +562,22 @@ async fn execute<S: ReadEnd, D: WriteEnd>(
         media_type: bundle.bundle_index.media_type.clone(),
         digest: bundle.index.digest.clone(),
     };
-    if let Some(plan) = work.bundle {
-        dst.prepare(plan, dst_reference, &index).await?;
-    }
+    let writing = Writing {
+        bundle: work.bundle,
+        blobs: &blobs,
+        generations: work.generations,
+        discovery: work.discovery,
+        tag: dst_reference,
+        index: &index,
+    };
+    dst.prepare(&writing).await?;
     let dst = &*dst;
     let concurrency = request.settings.max_concurrent_blobs;
     execute::transfer_blobs(src, dst, &blobs, concurrency, progress).await?;
     if let Some(plan) = work.bundle {
         execute::push_manifests(dst, plan, progress).await?;
     }
-    if let Some(registry) = dst.as_registry().filter(|_| !work.generations.is_empty()) {
-        if work.bundle.is_some() && !work.discovery.referrers.is_empty() {
-            // Referrers of the index need it there first; its tag moves last.
-            registry
-                .put_manifest(&index.digest, index.bytes.clone(), &index.media_type)
-                .await?;
-        }
-        execute::push_referrers(
-            registry,
-            work.generations,
-            &work.discovery.tag_indexes,
-            progress,
-        )
-        .await?;
-    }
+    execute::store_referrers(dst, &writing, progress).await?;
     if work.bundle.is_none() {
         return Ok(());
     }

@@ -1,8 +1,8 @@
 //! The bundle's referrers: signatures, attestations and SBOMs that name one of its manifests as
 //! their `subject`, found the three ways registries keep them, and the destination's
 //! tag-schema index merged with what is already there. No transport here: discovery reads
-//! through `ReferrerSource` (a registry, later an OCI layout directory), so it is tested without
-//! a registry, and the merge is pure.
+//! through `ReferrerSource` (a registry, or an OCI layout, whose `index.json` lists every
+//! referrer it holds), so it is tested without a registry, and the merge is pure.
 //!
 //! The three ways, for every digest of the bundle's closure and then for every referrer found
 //! (a signature on an SBOM), up to `MAX_GENERATIONS` deep:
@@ -45,6 +45,10 @@ pub trait ReferrerSource: ManifestSource {
     ) -> impl Future<Output = Result<Option<Vec<Bytes>>, CopyError>> + Send;
     /// Every tag of the repository.
     fn tags(&self) -> impl Future<Output = Result<Vec<String>, CopyError>> + Send;
+    /// How the referrers `referrers` lists are reported as found.
+    fn listed_by(&self) -> FoundBy {
+        FoundBy::ReferrersApi
+    }
 }
 
 impl ReferrerSource for Registry {
@@ -70,6 +74,9 @@ pub enum FoundBy {
     TagSchema,
     /// cosign's tag `sha256-<hex>.sig`, `.att` or `.sbom`.
     CosignTag,
+    /// An entry of an OCI layout's `index.json` whose manifest names the subject (how layouts
+    /// keep referrers; oras reads them so).
+    LayoutIndex,
 }
 
 impl FoundBy {
@@ -78,6 +85,7 @@ impl FoundBy {
             FoundBy::ReferrersApi => "ReferrersAPI",
             FoundBy::TagSchema => "TagSchema",
             FoundBy::CosignTag => "CosignTag",
+            FoundBy::LayoutIndex => "LayoutIndex",
         }
     }
 }
@@ -108,6 +116,12 @@ pub struct FoundReferrer {
     pub entry: Option<serde_json::Value>,
     /// 1 for referrers of the bundle's manifests, 2 for referrers of those, …
     pub generation: usize,
+}
+
+/// One generation of referrers and the closure of their manifests (the referrers are its roots).
+pub struct Generation<'a> {
+    pub referrers: Vec<&'a FoundReferrer>,
+    pub plan: super::plan::Plan,
 }
 
 /// What discovery found: the referrers, generation by generation, and the tag-schema indexes
@@ -281,7 +295,7 @@ async fn list_referrers(
                     candidates.extend(
                         entries
                             .into_iter()
-                            .map(|entry| entry.candidate(subject, FoundBy::ReferrersApi)),
+                            .map(|entry| entry.candidate(subject, source.listed_by())),
                     );
                 }
             }

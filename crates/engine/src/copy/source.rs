@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use super::ends::ReadEnd;
 use super::plan::ManifestSource;
+use super::referrers::{FoundBy, ReferrerSource};
 use crate::bundle::{self, BundleImage, BundleIndex, BundleJson};
 use crate::error::CopyError;
 use crate::reference::Reference;
@@ -147,6 +148,20 @@ impl<S: ReadEnd> ManifestSource for Remembering<'_, S> {
 
     fn name(&self) -> &str {
         self.inner.name()
+    }
+}
+
+impl<S: ReadEnd> ReferrerSource for Remembering<'_, S> {
+    async fn referrers(&self, digest: &str) -> Result<Option<Vec<Bytes>>, CopyError> {
+        self.inner.referrers(digest).await
+    }
+
+    async fn tags(&self) -> Result<Vec<String>, CopyError> {
+        self.inner.tags().await
+    }
+
+    fn listed_by(&self) -> FoundBy {
+        self.inner.listed_by()
     }
 }
 

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::index::{
-    BLOBS_DIR, INDEX_FILE, LAYOUT_FILE, LayoutIndex, MAX_INDEX_BYTES, blob_path, check_layout_file,
-    layout_file,
+    BLOBS_DIR, INDEX_FILE, LAYOUT_FILE, LayoutIndex, MAX_INDEX_BYTES, NewEntry, blob_path,
+    check_layout_file, layout_file,
 };
 use super::io::{blocking, write_at, write_stream};
 use super::location::LayoutRef;
@@ -51,16 +51,14 @@ struct Slot {
     filled: AtomicBool,
 }
 
-/// What a copy puts into the archive: its blobs, its manifests and its tag.
+/// What a copy puts into the archive: its blobs, its manifests and its `index.json` entries.
 pub struct Contents<'a> {
     /// Blobs, each with its size.
     pub blobs: Vec<(&'a str, u64)>,
     /// Manifests (the tagged index among them), each with its size.
     pub manifests: Vec<(&'a str, u64)>,
-    pub tag: &'a str,
-    pub index_digest: &'a str,
-    pub index_media_type: &'a str,
-    pub index_size: u64,
+    /// The entries `index.json` gains: the referrers', then the bundle's tag.
+    pub entries: Vec<NewEntry>,
 }
 
 struct Target {
@@ -141,6 +139,11 @@ impl ArchiveWriter {
             .as_ref()
             .and_then(|e| e.index.find(tag))
             .map(|d| d.digest)
+    }
+
+    /// Whether the existing archive's `index.json` has the entry.
+    pub fn holds(&self, entry: &NewEntry) -> bool {
+        self.existing.as_ref().is_some_and(|e| e.index.holds(entry))
     }
 
     /// Lay the new archive out and write everything known before the blobs move: headers,
@@ -303,18 +306,13 @@ impl ArchiveWriter {
             at += padded(*size);
         }
 
-        // index.json: the existing entries with this tag's entry added or replaced.
+        // index.json: the existing entries with this copy's added (its tag's replaced).
         let index = self
             .existing
             .as_ref()
             .map(|e| e.index.clone())
             .unwrap_or_default()
-            .with_entry(
-                contents.tag,
-                contents.index_media_type,
-                contents.index_digest,
-                contents.index_size,
-            )
+            .with_entries(&contents.entries)
             .to_bytes();
         let mut member = file_header(INDEX_FILE, index.len() as u64);
         member.extend_from_slice(&index);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::index::{
-    INDEX_FILE, LAYOUT_FILE, LayoutIndex, MAX_INDEX_BYTES, blob_path, check_layout_file,
+    INDEX_FILE, LAYOUT_FILE, LayoutIndex, MAX_INDEX_BYTES, NewEntry, blob_path, check_layout_file,
     layout_file,
 };
 use super::io::{blocking, range_has_digest, write_stream};
@@ -60,6 +60,11 @@ impl DirWriter {
     /// The digest the tag names in the layout, if any.
     pub fn tagged(&self, tag: &str) -> Option<String> {
         self.index.find(tag).map(|d| d.digest)
+    }
+
+    /// Whether `index.json` had the entry when the copy started.
+    pub fn holds(&self, entry: &NewEntry) -> bool {
+        self.index.holds(entry)
     }
 
     /// Create the directory, `blobs/` and `oci-layout` when they are missing.
@@ -181,23 +186,20 @@ impl DirWriter {
             self.write_blob(&digest, chunk).await?;
         }
         if !by_digest {
-            self.set_tag(reference, media_type, &digest, size).await?;
+            let entry = NewEntry::tagged(reference, media_type, &digest, size);
+            self.add_entries(vec![entry]).await?;
         }
         Ok(digest)
     }
 
-    /// Point `tag` at a manifest: `index.json` re-read, changed and replaced while `oci-layout`
-    /// is locked, so that copies of other tags into the same layout do not lose each other's.
-    async fn set_tag(
-        &self,
-        tag: &str,
-        media_type: &str,
-        digest: &str,
-        size: u64,
-    ) -> Result<(), CopyError> {
+    /// Add entries to `index.json` (a tag, the referrers): re-read, changed and replaced while
+    /// `oci-layout` is locked, so that copies of other tags into the same layout do not lose
+    /// each other's.
+    pub async fn add_entries(&self, entries: Vec<NewEntry>) -> Result<(), CopyError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let root = self.root().to_path_buf();
-        let (tag, media_type, digest) =
-            (tag.to_string(), media_type.to_string(), digest.to_string());
         blocking(move || {
             let lock = File::open(root.join(LAYOUT_FILE))?;
             lock.lock()?;
@@ -206,7 +208,7 @@ impl DirWriter {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => LayoutIndex::default(),
                 Err(e) => return Err(e),
             };
-            let updated = index.with_entry(&tag, &media_type, &digest, size);
+            let updated = index.with_entries(&entries);
             write_synced(&root, &root.join(INDEX_FILE), &updated.to_bytes())?;
             File::open(&root)?.sync_all()
         })

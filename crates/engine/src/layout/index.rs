@@ -85,7 +85,8 @@ impl LayoutIndex {
         Ok(index)
     }
 
-    fn raw_entries(&self) -> &[Value] {
+    /// Every entry as written, with whatever fields the tool that wrote it gave.
+    pub fn raw_entries(&self) -> &[Value] {
         self.document
             .get("manifests")
             .and_then(Value::as_array)
@@ -125,48 +126,136 @@ impl LayoutIndex {
         self.tagged().into_iter().map(|entry| entry.tag).collect()
     }
 
-    /// This index with `tag` naming the given manifest: an entry that held the tag before is
-    /// replaced in place, every other entry is kept as it was.
-    pub fn with_entry(&self, tag: &str, media_type: &str, digest: &str, size: u64) -> LayoutIndex {
-        let mut annotations = Map::new();
-        annotations.insert(REF_NAME.into(), Value::from(tag));
-        let mut entry = Map::new();
-        entry.insert("mediaType".into(), Value::from(media_type));
-        entry.insert("digest".into(), Value::from(digest));
-        entry.insert("size".into(), Value::from(size));
-        entry.insert("annotations".into(), Value::Object(annotations));
-        let names_tag = |value: &Value| {
-            value
-                .get("annotations")
-                .and_then(|a| a.get(REF_NAME))
-                .and_then(Value::as_str)
-                == Some(tag)
-        };
-        let mut entries: Vec<Value> = Vec::new();
-        let mut placed = false;
-        for old in self.raw_entries() {
-            if names_tag(old) {
-                if !placed {
-                    entries.push(Value::Object(entry.clone()));
-                    placed = true;
+    /// This index with `entries` added: a tagged entry replaces, in place, the entry that held
+    /// its tag before; an untagged one is added unless the index lists its digest already. Every
+    /// other entry is kept as it was.
+    pub fn with_entries(&self, entries: &[NewEntry]) -> LayoutIndex {
+        let mut kept: Vec<Value> = self.raw_entries().to_vec();
+        for new in entries {
+            match &new.tag {
+                Some(tag) => {
+                    let names_tag = |value: &Value| {
+                        value
+                            .get("annotations")
+                            .and_then(|a| a.get(REF_NAME))
+                            .and_then(Value::as_str)
+                            == Some(tag.as_str())
+                    };
+                    let mut placed = false;
+                    kept = kept
+                        .into_iter()
+                        .filter_map(|value| match (names_tag(&value), placed) {
+                            (false, _) => Some(value),
+                            (true, false) => {
+                                placed = true;
+                                Some(new.to_value())
+                            }
+                            (true, true) => None,
+                        })
+                        .collect();
+                    if !placed {
+                        kept.push(new.to_value());
+                    }
                 }
-            } else {
-                entries.push(old.clone());
+                None => {
+                    if !kept
+                        .iter()
+                        .any(|value| entry_digest(value) == Some(new.digest()))
+                    {
+                        kept.push(new.to_value());
+                    }
+                }
             }
         }
-        if !placed {
-            entries.push(Value::Object(entry));
-        }
         let mut document = self.document.clone();
-        document.insert("manifests".into(), Value::Array(entries));
+        document.insert("manifests".into(), Value::Array(kept));
         document
             .entry("schemaVersion")
             .or_insert_with(|| Value::from(2));
         LayoutIndex { document }
     }
 
+    /// Whether the index has `entry` already: its tag naming its digest, or (untagged) its
+    /// digest listed.
+    pub fn holds(&self, entry: &NewEntry) -> bool {
+        match &entry.tag {
+            Some(tag) => self.find(tag).is_some_and(|d| d.digest == entry.digest()),
+            None => self
+                .raw_entries()
+                .iter()
+                .any(|value| entry_digest(value) == Some(entry.digest())),
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.document).unwrap_or_default()
+    }
+}
+
+fn entry_digest(value: &Value) -> Option<&str> {
+    value.get("digest").and_then(Value::as_str)
+}
+
+/// An entry to add to `index.json`: a manifest under a tag, or, with no tag, one listed so that
+/// tools find it (a referrer, found through the `subject` its manifest names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    pub tag: Option<String>,
+    /// Its descriptor: `mediaType`, `digest`, `size`, and what else the source listed
+    /// (`artifactType`, `annotations`); never a tag of its own.
+    descriptor: Map<String, Value>,
+}
+
+impl NewEntry {
+    pub fn tagged(tag: &str, media_type: &str, digest: &str, size: u64) -> NewEntry {
+        let mut descriptor = Map::new();
+        descriptor.insert("mediaType".into(), Value::from(media_type));
+        descriptor.insert("digest".into(), Value::from(digest));
+        descriptor.insert("size".into(), Value::from(size));
+        NewEntry {
+            tag: Some(tag.to_string()),
+            descriptor,
+        }
+    }
+
+    /// An entry from a descriptor (`tag`: the name it goes under, if any); a tag the descriptor
+    /// carried in its annotations is dropped.
+    pub fn from_descriptor(tag: Option<&str>, mut descriptor: Map<String, Value>) -> NewEntry {
+        if let Some(Value::Object(annotations)) = descriptor.get_mut("annotations") {
+            annotations.remove(REF_NAME);
+            if annotations.is_empty() {
+                descriptor.remove("annotations");
+            }
+        }
+        NewEntry {
+            tag: tag.map(str::to_string),
+            descriptor,
+        }
+    }
+
+    pub fn digest(&self) -> &str {
+        self.descriptor
+            .get("digest")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The descriptor alone, without its tag.
+    pub fn descriptor(&self) -> Value {
+        Value::Object(self.descriptor.clone())
+    }
+
+    fn to_value(&self) -> Value {
+        let mut descriptor = self.descriptor.clone();
+        if let Some(tag) = &self.tag {
+            let annotations = descriptor
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(annotations) = annotations {
+                annotations.insert(REF_NAME.into(), Value::from(tag.as_str()));
+            }
+        }
+        Value::Object(descriptor)
     }
 }
 
@@ -224,10 +313,10 @@ mod tests {
         );
         let index = LayoutIndex::parse(foreign.as_bytes()).unwrap();
         assert_eq!(index.tags(), ["v1"]);
-        let added = index.with_entry("v2", OCI_INDEX, &digest_of(3), 30);
+        let added = index.with_entries(&[NewEntry::tagged("v2", OCI_INDEX, &digest_of(3), 30)]);
         assert_eq!(added.tags(), ["v1", "v2"]);
         assert_eq!(added.entries().len(), 3);
-        let replaced = added.with_entry("v1", OCI_INDEX, &digest_of(4), 40);
+        let replaced = added.with_entries(&[NewEntry::tagged("v1", OCI_INDEX, &digest_of(4), 40)]);
         assert_eq!(replaced.tags(), ["v1", "v2"]);
         assert_eq!(replaced.find("v1").unwrap().digest, digest_of(4));
         assert_eq!(replaced.find("v2").unwrap().digest, digest_of(3));
@@ -239,6 +328,37 @@ mod tests {
             "{text}"
         );
         assert!(missing_tag("v9", &reread).contains("v1, v2"));
+    }
+
+    #[test]
+    fn untagged_entries_are_added_once_and_carry_no_tag() {
+        let bundle = NewEntry::tagged("v1", OCI_INDEX, &digest_of(1), 10);
+        let index = LayoutIndex::default().with_entries(std::slice::from_ref(&bundle));
+        let descriptor = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest_of(2),
+            "size": 5,
+            "artifactType": "application/vnd.cncf.notary.signature",
+            "annotations": {REF_NAME: "sha256-abc", "created": "today"},
+        });
+        let Value::Object(descriptor) = descriptor else {
+            unreachable!()
+        };
+        let referrer = NewEntry::from_descriptor(None, descriptor);
+        assert!(!index.holds(&referrer));
+        let once = index.with_entries(std::slice::from_ref(&referrer));
+        assert_eq!(once.with_entries(std::slice::from_ref(&referrer)), once);
+        assert!(once.holds(&referrer) && once.holds(&bundle));
+        assert!(!once.holds(&NewEntry::tagged("v1", OCI_INDEX, &digest_of(3), 10)));
+        assert_eq!(once.tags(), ["v1"], "the referrer's entry names no tag");
+        assert_eq!(once.entries().len(), 2);
+        let text = String::from_utf8(once.to_bytes()).unwrap();
+        assert!(
+            text.contains(r#""artifactType":"application/vnd.cncf.notary.signature""#)
+                && text.contains(r#""created":"today""#)
+                && !text.contains("sha256-abc"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Read a bundle from a layout directory or an archive: check `oci-layout`, resolve a tag through
 //! `index.json`, and serve manifests (checked against their digests) and blob streams.
 
+use std::collections::HashMap;
 use std::io;
 
 use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use super::index::{
     INDEX_FILE, LAYOUT_FILE, LayoutIndex, MAX_INDEX_BYTES, blob_path, check_layout_file,
@@ -11,7 +14,7 @@ use super::index::{
 };
 use super::location::{LayoutKind, LayoutRef};
 use super::storage::{ReadError, Storage};
-use crate::bundle::MAX_MANIFEST_BYTES;
+use crate::bundle::{MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST};
 use crate::digest::{self, Algorithm};
 use crate::error::{CopyError, LayoutProblem, Side};
 use crate::registry::Manifest;
@@ -26,6 +29,8 @@ pub struct LayoutReader {
     side: Side,
     storage: Storage,
     index: LayoutIndex,
+    /// `index.json`'s entries by the subject their manifests name, read once (`referrers`).
+    by_subject: OnceCell<HashMap<String, Vec<Value>>>,
 }
 
 /// The error for a layout that cannot be used as asked.
@@ -99,6 +104,7 @@ impl LayoutReader {
             side,
             storage,
             index,
+            by_subject: OnceCell::new(),
         })
     }
 
@@ -112,22 +118,35 @@ impl LayoutReader {
     }
 
     /// What the location names: its tag, else the layout's one image (by its tag, or by digest
-    /// when untagged). A layout of several images needs a tag.
+    /// when untagged). Signatures and other referrers listed beside it do not count (cosign's
+    /// `sha256-<hex>.sig` tags, untagged referrers); a layout of several images needs a tag.
     pub fn reference(&self) -> Result<String, CopyError> {
         if let Some(tag) = &self.layout.tag {
             return Ok(tag.clone());
         }
         let entries = self.index.entries();
-        match entries.as_slice() {
-            [only] => Ok(only
+        let images: Vec<String> = self
+            .index
+            .tagged()
+            .into_iter()
+            .map(|entry| entry.tag)
+            .filter(|tag| !tag.starts_with("sha256-") && !tag.starts_with("sha512-"))
+            .collect();
+        match (entries.as_slice(), images.as_slice()) {
+            ([only], _) => Ok(only
                 .annotations
                 .get(super::index::REF_NAME)
                 .cloned()
                 .unwrap_or_else(|| only.digest.clone())),
-            [] => Err(self.unusable(format!("its {INDEX_FILE} lists no image"))),
+            (_, [tag]) => Ok(tag.clone()),
+            ([], _) => Err(self.unusable(format!("its {INDEX_FILE} lists no image"))),
             _ => Err(self.unusable(format!(
                 "it holds {} images; name one as {}:TAG (its tags: {})",
-                entries.len(),
+                if images.is_empty() {
+                    entries.len()
+                } else {
+                    images.len()
+                },
                 self.layout.without_tag(),
                 self.index.tags().join(", ")
             ))),
@@ -211,6 +230,54 @@ impl LayoutReader {
             media_type,
             digest,
         }))
+    }
+
+    /// The referrers of `subject` the layout holds, as one image index: the entries of its
+    /// `index.json` whose manifests name `subject` as theirs. A layout has no referrers API, but
+    /// this is how OCI layouts keep referrers (tagged or not, every manifest is listed in
+    /// `index.json`), and how oras reads them.
+    pub async fn referrers(&self, subject: &str) -> Result<Vec<Bytes>, CopyError> {
+        let by_subject = self
+            .by_subject
+            .get_or_try_init(|| self.read_subjects())
+            .await?;
+        let page = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": by_subject.get(subject).cloned().unwrap_or_default(),
+        });
+        Ok(vec![Bytes::from(page.to_string())])
+    }
+
+    /// Every image manifest and index `index.json` lists (the only kinds that can name a
+    /// subject), grouped by the subject they name; their entries without a tag.
+    async fn read_subjects(&self) -> Result<HashMap<String, Vec<Value>>, CopyError> {
+        let mut by_subject: HashMap<String, Vec<Value>> = HashMap::new();
+        for entry in self.index.raw_entries() {
+            let (Some(digest), media_type) = (
+                entry.get("digest").and_then(Value::as_str),
+                entry.get("mediaType").and_then(Value::as_str).unwrap_or(""),
+            ) else {
+                continue;
+            };
+            if ![OCI_MANIFEST, OCI_INDEX, ""].contains(&media_type) {
+                continue;
+            }
+            let Some(manifest) = self.get_manifest(digest).await? else {
+                continue;
+            };
+            let subject = serde_json::from_slice::<Value>(&manifest.bytes)
+                .ok()
+                .and_then(|m| Some(m.get("subject")?.get("digest")?.as_str()?.to_string()));
+            if let (Some(subject), Value::Object(descriptor)) = (subject, entry) {
+                let listed = super::index::NewEntry::from_descriptor(None, descriptor.clone());
+                by_subject
+                    .entry(subject)
+                    .or_default()
+                    .push(listed.descriptor());
+            }
+        }
+        Ok(by_subject)
     }
 
     /// A small blob read whole (bundle.json), checked against its digest.
