@@ -120,6 +120,16 @@ impl ApiServer {
     }
 
     /// A new Event about the resource; returns it.
+    /// What the API server sees of a copy that runs to its end: the Copying status patch,
+    /// CopyStarted, the final status patch and the Copied Event; the last two.
+    async fn expect_a_whole_copy(&mut self, object: &BundleCopy) -> (BundleCopyStatus, Value) {
+        self.expect_status_patch(object).await;
+        self.expect_event("CopyStarted").await;
+        let copied = self.expect_status_patch(object).await;
+        let event = self.expect_event("Copied").await;
+        (copied, event)
+    }
+
     async fn expect_event(&mut self, reason: &str) -> Value {
         self.expect_event_as(reason, false).await
     }
@@ -735,10 +745,7 @@ async fn controller_a_moved_source_tag_is_copied_again_at_the_interval() {
     let (context, mut api) = new_context().await;
     let object = bundle_copy(1, spec.clone(), None);
     let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
-    api.expect_status_patch(&object).await;
-    api.expect_event("CopyStarted").await;
-    let copied = api.expect_status_patch(&object).await;
-    api.expect_event("Copied").await;
+    let (copied, _) = api.expect_a_whole_copy(&object).await;
     assert_eq!(
         reconciling.await.unwrap(),
         Action::requeue(Duration::from_secs(600)),
@@ -845,10 +852,7 @@ async fn controller_an_sbom_added_upstream_arrives_at_the_next_interval() {
     let (context, mut api) = new_context().await;
     let object = bundle_copy(1, spec.clone(), None);
     let reconciling = run_reconcile(&api, object.clone(), &context, &[]).await;
-    api.expect_status_patch(&object).await;
-    api.expect_event("CopyStarted").await;
-    let copied = api.expect_status_patch(&object).await;
-    let event = api.expect_event("Copied").await;
+    let (copied, event) = api.expect_a_whole_copy(&object).await;
     assert!(
         event["note"]
             .as_str()
