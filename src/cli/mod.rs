@@ -420,11 +420,23 @@ fn print_outcome(
     let p = outcome.progress;
     let mut stderr = std::io::stderr();
     let referrers = and_referrers(outcome.referrers.as_ref().map_or(0, Vec::len));
-    if outcome.up_to_date {
+    if outcome.up_to_date && p.manifests_pushed == 0 {
         let _ = writeln!(
             stderr,
             "{} already holds this bundle{referrers}: nothing else to copy",
             outcome.destination
+        );
+    } else if outcome.up_to_date {
+        // Signatures added at the source since the last copy: the bundle stayed, they moved.
+        let _ = writeln!(
+            stderr,
+            "{} already held this bundle; added the signatures/attestations it lacked in {:.1}s \
+             ({} manifests, {} blobs, {} moved): it now holds the bundle{referrers}",
+            outcome.destination,
+            elapsed.as_secs_f64(),
+            p.manifests_pushed,
+            p.copied + p.mounted,
+            human_bytes(p.bytes),
         );
     } else {
         let _ = writeln!(

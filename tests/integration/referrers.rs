@@ -462,6 +462,10 @@ async fn referrers_added_at_the_source_later_arrive_with_the_next_copy() {
     let second = copy(&request).await;
     assert!(second.up_to_date, "the bundle did not move");
     assert_eq!(second.referrers.map(|r| r.len()), Some(2));
+    assert_eq!(
+        second.progress.manifests_pushed, 1,
+        "only the new SBOM is written; the signature already there is not counted"
+    );
     assert_artifacts_at(&dst.client(), "mirror/hello", &[&signature, &sbom]).await;
 
     // Without referrers, an up-to-date bundle is not even walked.
@@ -682,7 +686,11 @@ async fn referrers_cross_an_air_gap_in_a_layout_and_an_archive() {
     add_to_tag_index(&client, "team/hello", &pushed.index_digest, &[&later]).await;
     let (code, stdout, stderr) = cli_copy(&pushed.reference, &archive_ref, &[]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("and 4 signatures/attestations"), "{stderr}");
+    assert!(
+        stderr.contains("already held this bundle; added the signatures/attestations it lacked")
+            && stderr.contains("it now holds the bundle and 4 signatures/attestations"),
+        "{stderr}"
+    );
     assert!(stdout.contains(&pushed.index_digest), "{stdout}");
     assert_ne!(
         written().0,

@@ -138,14 +138,21 @@ async fn push_levels<D: WriteEnd>(
 /// How a referrer reached the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Landed {
-    /// Under cosign's tag name.
-    Tagged,
+    /// Under cosign's tag name (`written`: the tag was absent or named something else).
+    Tagged { written: bool },
     /// Pushed, and the registry indexed it as a referrer of its subject (`OCI-Subject`).
     Indexed,
     /// Pushed, and the registry said nothing of its subject: the tag schema must list it.
     NotIndexed,
     /// The destination held it already.
     Present,
+}
+
+impl Landed {
+    /// Whether the referrer's manifest was written (progress counts written manifests).
+    fn written(self) -> bool {
+        !matches!(self, Landed::Present | Landed::Tagged { written: false })
+    }
 }
 
 /// Whether the destination has the referrers API: unknown until a push or a query tells.
@@ -213,7 +220,9 @@ async fn push_referrers(
                         )
                     })
                 })?;
-                progress.manifest_pushed();
+                if landed.written() {
+                    progress.manifest_pushed();
+                }
                 Ok::<_, CopyError>((found, landed))
             })
             .buffered(MANIFEST_CONCURRENCY)
@@ -224,7 +233,7 @@ async fn push_referrers(
         }
         let mut by_subject: BTreeMap<&str, Vec<(&FoundReferrer, Landed)>> = BTreeMap::new();
         for (found, how) in landed {
-            if how != Landed::Tagged {
+            if !matches!(how, Landed::Tagged { .. }) {
                 by_subject
                     .entry(found.referrer.subject.as_str())
                     .or_default()
@@ -258,11 +267,12 @@ async fn push_referrers(
 async fn push_referrer(dst: &Registry, found: &FoundReferrer) -> Result<Landed, CopyError> {
     let manifest = &found.manifest;
     if let Some(tag) = &found.referrer.tag {
-        if dst.head_manifest(tag).await?.as_deref() != Some(manifest.digest.as_str()) {
+        let written = dst.head_manifest(tag).await?.as_deref() != Some(manifest.digest.as_str());
+        if written {
             dst.put_manifest(tag, manifest.bytes.clone(), &manifest.media_type)
                 .await?;
         }
-        return Ok(Landed::Tagged);
+        return Ok(Landed::Tagged { written });
     }
     if dst.head_manifest(&manifest.digest).await?.as_deref() == Some(manifest.digest.as_str()) {
         return Ok(Landed::Present);
