@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::faults::{bounded, copy_request, direct, fast_settings, proxied};
+use crate::support::check::skopeo;
 use crate::support::referrers::{
     NOTARY_SIGNATURE, OCI_INDEX, PushedArtifact, SPDX_SBOM, Subject, add_to_tag_index,
     push_notation_signature, push_sbom, schema_tag, tag_index_digests,
@@ -632,6 +633,16 @@ async fn referrers_cross_an_air_gap_in_a_layout_and_an_archive() {
     let (code, _, stderr) = cli_copy(&layout_ref, &archive_ref, &[]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("and 3 signatures/attestations"), "{stderr}");
+    // The referrers' untagged entries do not hide the bundle from another reader: skopeo finds
+    // its tag and serves its bytes.
+    let args: Vec<String> = vec!["inspect".into(), "--raw".into(), archive_ref.clone()];
+    let raw = tokio::task::spawn_blocking(move || skopeo(&args))
+        .await
+        .expect("skopeo ran");
+    assert_eq!(
+        raw, pushed.index_bytes,
+        "skopeo inspect --raw {archive_ref}"
+    );
     let (code, stdout, stderr) = cli(vec!["verify".into(), archive_ref.clone()]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(
